@@ -3,6 +3,8 @@ package dialect
 import (
 	"context"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/jmoiron/sqlx"
@@ -56,6 +58,9 @@ type Column struct {
 	Nullable   bool
 	HasDefault bool
 	PrimaryKey bool
+	// Scale is the number of decimal places of a decimal column, -1 when
+	// the column has none or it is unknown.
+	Scale int
 }
 
 // Columns reads the columns of table (optionally "schema.table") in their
@@ -104,6 +109,7 @@ func pgColumns(ctx context.Context, q sqlx.QueryerContext, table string) ([]Colu
 	// The first schema on the search path that has the table wins.
 	rows, err := q.QueryxContext(ctx, `
 SELECT c.column_name, c.data_type, c.udt_name, c.is_nullable = 'YES', c.column_default IS NOT NULL OR c.is_identity = 'YES',
+  COALESCE(c.numeric_scale, -1),
   EXISTS (SELECT 1 FROM information_schema.table_constraints tc
           JOIN information_schema.key_column_usage k
             ON k.constraint_name = tc.constraint_name AND k.table_schema = tc.table_schema AND k.table_name = tc.table_name
@@ -122,7 +128,7 @@ ORDER BY array_position(current_schemas(false), c.table_schema::name), c.ordinal
 	for rows.Next() {
 		var c Column
 		var dataType, udt, sch string
-		if err := rows.Scan(&c.Name, &dataType, &udt, &c.Nullable, &c.HasDefault, &c.PrimaryKey, &sch); err != nil {
+		if err := rows.Scan(&c.Name, &dataType, &udt, &c.Nullable, &c.HasDefault, &c.Scale, &c.PrimaryKey, &sch); err != nil {
 			return nil, err
 		}
 		if firstSchema == "" {
@@ -133,6 +139,9 @@ ORDER BY array_position(current_schemas(false), c.table_schema::name), c.ordinal
 		}
 		c.DBType = strings.ToLower(dataType)
 		c.Kind = pgKind(c.DBType, udt)
+		if c.Kind != KindDecimal {
+			c.Scale = -1
+		}
 		cols = append(cols, c)
 	}
 	return cols, rows.Err()
@@ -172,7 +181,8 @@ func mysqlColumns(ctx context.Context, q sqlx.QueryerContext, table string) ([]C
 		args = append(args, schema)
 	}
 	rows, err := q.QueryxContext(ctx, `
-SELECT column_name, data_type, column_type, is_nullable = 'YES', column_default IS NOT NULL OR extra LIKE '%auto_increment%', column_key = 'PRI'
+SELECT column_name, data_type, column_type, is_nullable = 'YES', column_default IS NOT NULL OR extra LIKE '%auto_increment%', column_key = 'PRI',
+  COALESCE(numeric_scale, -1)
 FROM information_schema.columns WHERE table_name = ? AND `+schemaCond+` ORDER BY ordinal_position`, args...)
 	if err != nil {
 		return nil, err
@@ -182,11 +192,14 @@ FROM information_schema.columns WHERE table_name = ? AND `+schemaCond+` ORDER BY
 	for rows.Next() {
 		var c Column
 		var dataType, colType string
-		if err := rows.Scan(&c.Name, &dataType, &colType, &c.Nullable, &c.HasDefault, &c.PrimaryKey); err != nil {
+		if err := rows.Scan(&c.Name, &dataType, &colType, &c.Nullable, &c.HasDefault, &c.PrimaryKey, &c.Scale); err != nil {
 			return nil, err
 		}
 		c.DBType = strings.ToLower(colType)
 		c.Kind = mysqlKind(strings.ToLower(dataType), c.DBType)
+		if c.Kind != KindDecimal {
+			c.Scale = -1
+		}
 		cols = append(cols, c)
 	}
 	return cols, rows.Err()
@@ -252,6 +265,10 @@ func sqliteColumns(ctx context.Context, q sqlx.QueryerContext, table string) ([]
 			c.HasDefault = true // rowid alias
 		}
 		c.Kind = sqliteKind(c.DBType)
+		c.Scale = -1
+		if m := decimalScaleRe.FindStringSubmatch(c.DBType); m != nil && c.Kind == KindDecimal {
+			c.Scale, _ = strconv.Atoi(m[1])
+		}
 		cols = append(cols, c)
 	}
 	return cols, rows.Err()
@@ -280,3 +297,5 @@ func sqliteKind(t string) Kind {
 	}
 	return KindString
 }
+
+var decimalScaleRe = regexp.MustCompile(`^\w+\s*\(\s*\d+\s*,\s*(\d+)\s*\)`)

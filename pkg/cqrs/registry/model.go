@@ -36,6 +36,9 @@ type Field struct {
 	Nullable bool
 	// HasDefault is filled in by Bind from the table.
 	HasDefault bool
+	// Scale is filled in by Bind: the decimal places of a decimal column
+	// (values are rounded to it, half to even, as Django does), -1 for none.
+	Scale int
 }
 
 // ColumnName returns Column, or Name when Column is empty.

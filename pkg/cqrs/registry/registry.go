@@ -295,7 +295,7 @@ func bindFields(ctx context.Context, q sqlx.QueryerContext, d dialect.Dialect, k
 			if c.Name == revCol || c.Name == updCol {
 				continue
 			}
-			out = append(out, Field{Name: c.Name, Kind: c.Kind, Nullable: c.Nullable, HasDefault: c.HasDefault})
+			out = append(out, Field{Name: c.Name, Kind: c.Kind, Nullable: c.Nullable, HasDefault: c.HasDefault, Scale: c.Scale})
 		}
 		return out, nil
 	}
@@ -310,6 +310,7 @@ func bindFields(ctx context.Context, q sqlx.QueryerContext, d dialect.Dialect, k
 		}
 		out[i].Nullable = c.Nullable
 		out[i].HasDefault = c.HasDefault
+		out[i].Scale = c.Scale
 	}
 	return out, nil
 }
