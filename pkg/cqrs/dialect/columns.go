@@ -202,8 +202,50 @@ FROM information_schema.columns WHERE table_name = ? AND `+schemaCond+` ORDER BY
 		}
 		cols = append(cols, c)
 	}
-	return cols, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	// MariaDB's JSON type is LONGTEXT with a json_valid() check constraint.
+	jsonCols, err := mariadbJSONColumns(ctx, q, schema, name)
+	if err != nil {
+		return nil, err
+	}
+	for i := range cols {
+		if jsonCols[cols[i].Name] {
+			cols[i].Kind = KindJSON
+		}
+	}
+	return cols, nil
 }
+
+func mariadbJSONColumns(ctx context.Context, q sqlx.QueryerContext, schema, name string) (map[string]bool, error) {
+	schemaCond := "constraint_schema = DATABASE()"
+	args := []any{name}
+	if schema != "" {
+		schemaCond = "constraint_schema = ?"
+		args = append(args, schema)
+	}
+	rows, err := q.QueryxContext(ctx, "SELECT check_clause FROM information_schema.check_constraints WHERE table_name = ? AND "+schemaCond, args...)
+	if err != nil {
+		// MySQL has no table_name there, and real JSON columns instead.
+		return nil, nil
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var clause string
+		if err := rows.Scan(&clause); err != nil {
+			return nil, err
+		}
+		if m := jsonValidRe.FindStringSubmatch(clause); m != nil {
+			out[m[1]] = true
+		}
+	}
+	return out, rows.Err()
+}
+
+var jsonValidRe = regexp.MustCompile("^json_valid\\(`([^`]+)`\\)$")
 
 func mysqlKind(dataType, colType string) Kind {
 	switch dataType {
