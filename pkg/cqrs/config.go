@@ -16,6 +16,7 @@ import (
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
+	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
 // Config is gocqrs's whole configuration. Key names follow django-cqrs's CQRS
@@ -32,6 +33,8 @@ type Config struct {
 	Exchange string `mapstructure:"exchange"`
 	// Queue is this replica's queue name.
 	Queue string `mapstructure:"queue"`
+	// Memory configures the memory transport.
+	Memory transports.MemoryConfig `mapstructure:"memory"`
 	// Database is where this service's tables (and the outbox) live.
 	Database DatabaseConfig `mapstructure:"database"`
 	// Master configures the writing side.

@@ -136,6 +136,22 @@ func (m *Master) readRows(ctx context.Context, q sqlx.QueryerContext, mm *regist
 	return out, rows.Err()
 }
 
+// Rows reads rows of a master model (all of them when pks is nil), in
+// primary key order, serialised exactly as in a message's instance_data:
+// cqrs_revision, cqrs_updated, then the fields. It is the row format of
+// bulk dumps and of master/replica comparisons.
+func (m *Master) Rows(ctx context.Context, q sqlx.QueryerContext, cqrsID string, pks []any) ([]*wire.Fields, error) {
+	mm, err := m.model(cqrsID)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := m.readRows(ctx, q, mm, pks, false)
+	if err != nil {
+		return nil, fmt.Errorf("master: read %s: %w", cqrsID, err)
+	}
+	return rows, nil
+}
+
 // bindPK converts a primary key given by the caller into a bind value.
 func bindPK(f registry.Field, pk any) any {
 	switch v := pk.(type) {

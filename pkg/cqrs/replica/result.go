@@ -16,15 +16,16 @@ type Outcome string
 
 // The outcomes of [Engine.Apply]. Failures are errors, not outcomes.
 const (
-	OutcomeCreated          Outcome = "created"           // a new row was inserted (or the create hook ran)
-	OutcomeUpdated          Outcome = "updated"           // an existing row was updated (or the update hook ran)
-	OutcomeDeleted          Outcome = "deleted"           // a row was deleted
-	OutcomeDeleteMissing    Outcome = "delete_missing"    // DELETE for a row the replica does not have: acknowledged
-	OutcomeSkippedStale     Outcome = "skipped_stale"     // SAVE older than the stored revision ("Wrong CQRS sync order")
-	OutcomeSkippedDuplicate Outcome = "skipped_duplicate" // SAVE with the stored revision ("Received duplicate CQRS data")
-	OutcomeSkippedTombstone Outcome = "skipped_tombstone" // SAVE/SYNC older than a DELETE already applied
-	OutcomeSkippedIndirect  Outcome = "skipped_indirect"  // broadcast SYNC on a model that takes only direct syncs
-	OutcomeRaw              Outcome = "raw"               // handled by a raw replica's handler
+	OutcomeCreated          Outcome = "created"            // a new row was inserted (or the create hook ran)
+	OutcomeUpdated          Outcome = "updated"            // an existing row was updated (or the update hook ran)
+	OutcomeDeleted          Outcome = "deleted"            // a row was deleted
+	OutcomeDeleteMissing    Outcome = "delete_missing"     // DELETE for a row the replica does not have: acknowledged
+	OutcomeSkippedStale     Outcome = "skipped_stale"      // SAVE older than the stored revision ("Wrong CQRS sync order")
+	OutcomeSkippedDuplicate Outcome = "skipped_duplicate"  // SAVE with the stored revision ("Received duplicate CQRS data")
+	OutcomeSkippedTombstone Outcome = "skipped_tombstone"  // SAVE/SYNC older than a DELETE already applied
+	OutcomeSkippedIndirect  Outcome = "skipped_indirect"   // broadcast SYNC on a model that takes only direct syncs
+	OutcomeRaw              Outcome = "raw"                // handled by a raw replica's handler
+	OutcomeSkippedNoHandler Outcome = "skipped_no_handler" // raw replica without a handler for this signal: acknowledged
 )
 
 // Applied reports whether the outcome changed (or may have changed) replica state.

@@ -4,10 +4,11 @@ package wire
 // dicts do. Nested objects decoded from the wire are *Fields too, so a body
 // re-encoded by gocqrs keeps django-cqrs's key order.
 //
-// Values are nil, bool, string, json.Number, []any, *Fields or
-// json.RawMessage when decoded; the encoder also accepts Go integers and
-// floats, map[string]any (keys sorted), time.Time (Python str(datetime)) and
-// []byte (as a string).
+// Values are nil, bool, string, json.Number, []any or *Fields when decoded
+// (Decode, DecodeFields, UnmarshalJSON); the encoder (Encode, MarshalValue,
+// MarshalJSON) also accepts Go integers and floats, map[string]any (keys
+// sorted), time.Time (Python str(datetime)), json.RawMessage (verbatim),
+// []byte (as a string) and the other types MarshalValue lists.
 type Fields struct {
 	keys []string
 	m    map[string]any

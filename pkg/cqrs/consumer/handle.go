@@ -1,0 +1,264 @@
+package consumer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/transports"
+)
+
+// errNack makes the router nack a message without logging an error: it
+// wraps context.Canceled, which the router treats as a quiet failure.
+var errNack = fmt.Errorf("consumer: message handed back to the broker: %w", context.Canceled)
+
+// handler returns the router handler of one subscription. A nil return acks
+// the message, an error nacks it.
+func (c *Consumer) handler(sub transports.Subscription) message.NoPublishHandlerFunc {
+	return func(msg *message.Message) error {
+		return c.process(msg.Context(), sub, msg)
+	}
+}
+
+func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg *message.Message) error {
+	c.stats.received.Add(1)
+	routingKey := msg.Metadata.Get(transports.MetaRoutingKey)
+	p, err := wire.Decode(msg.Payload)
+	if err != nil {
+		return c.undecodable(ctx, msg, routingKey, err)
+	}
+	attrs := payloadAttrs(p, routingKey)
+	c.log.Debug("CQRS is received", attrs...)
+
+	if !c.consumed[p.CQRSID] {
+		c.stats.noModel.Add(1)
+		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), attrs...)
+		return nil
+	}
+	if p.Expires != nil && !c.now().Before(*p.Expires) {
+		return c.deadLetter(ctx, p, attrs, "expired")
+	}
+
+	direct := sub.Direct || (sub.CQRSID == "" && routingKey == transports.DirectKey(c.queue, p.CQRSID))
+	// A message being applied is finished even when shutdown starts.
+	res, err := c.ap.Apply(context.WithoutCancel(ctx), replica.Delivery{Payload: p, Direct: direct})
+	if err == nil {
+		c.applied(res, attrs)
+		return nil
+	}
+	if errors.Is(err, replica.ErrUnknownModel) {
+		c.stats.noModel.Add(1)
+		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), append(attrs, "error", err.Error())...)
+		return nil
+	}
+	c.stats.failed.Add(1)
+	c.log.Warn("CQRS is failed", append(attrs, "error", err.Error())...)
+	if p.Retries >= c.maxRetries {
+		return c.deadLetter(ctx, p, attrs, "retries exhausted")
+	}
+	return c.requeue(ctx, p, attrs)
+}
+
+// undecodable handles a body wire.Decode rejected.
+func (c *Consumer) undecodable(ctx context.Context, msg *message.Message, routingKey string, err error) error {
+	var de *wire.DecodeError
+	if !errors.As(err, &de) {
+		de = &wire.DecodeError{Reason: wire.ReasonInvalidJSON, Err: err}
+	}
+	body := string(msg.Payload)
+	switch de.Reason {
+	case wire.ReasonMissingKey:
+		c.stats.missingKey.Add(1)
+		c.log.Error(fmt.Sprintf("CQRS couldn't proceed, %s isn't found in body", de.Key),
+			"routing_key", routingKey, "body", body)
+		return nil
+	case wire.ReasonBadValue:
+		// django-cqrs would accept the body and fail later; it cannot be
+		// requeued with a new retries count, so it is dead-lettered as is.
+		id := bodyCQRSID(msg.Payload)
+		if !c.consumed[id] {
+			c.stats.noModel.Add(1)
+			c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", id),
+				"routing_key", routingKey, "error", de.Error(), "body", body)
+			return nil
+		}
+		c.stats.failed.Add(1)
+		attrs := []any{"cqrs_id", id, "routing_key", routingKey, "error", de.Error()}
+		c.log.Warn("CQRS is failed", append(attrs, "body", body)...)
+		return c.publishDeadLetter(ctx, id, msg.Payload, attrs, "undecodable value")
+	default:
+		c.stats.unparseable.Add(1)
+		c.log.Error("CQRS couldn't be parsed", "routing_key", routingKey, "error", de.Error(), "body", body)
+		return nil
+	}
+}
+
+// bodyCQRSID returns the body's cqrs_id when it is a string, "" otherwise.
+func bodyCQRSID(body []byte) string {
+	var probe struct {
+		CQRSID any `json:"cqrs_id"`
+	}
+	if json.Unmarshal(body, &probe) != nil {
+		return ""
+	}
+	id, _ := probe.CQRSID.(string)
+	return id
+}
+
+// skipReasons are the log messages of the outcomes that acknowledge a
+// message without changing the replica.
+var skipReasons = map[replica.Outcome]string{
+	replica.OutcomeSkippedStale:     "CQRS is skipped: Wrong CQRS sync order",
+	replica.OutcomeSkippedDuplicate: "CQRS is skipped: Received duplicate CQRS data",
+	replica.OutcomeSkippedTombstone: "CQRS is skipped: row deleted by a newer DELETE (tombstone)",
+	replica.OutcomeSkippedIndirect:  "CQRS is skipped: broadcast SYNC on a model that takes only direct syncs",
+}
+
+// applied logs and counts a successful Apply. A DELETE of a missing row is
+// "applied", as django-cqrs acks it; any outcome that did not change the
+// replica is "skipped".
+func (c *Consumer) applied(res replica.Result, attrs []any) {
+	c.stats.outcome(res.Outcome)
+	attrs = append(attrs, "outcome", string(res.Outcome))
+	if res.Outcome.Applied() || res.Outcome == replica.OutcomeDeleteMissing {
+		c.stats.applied.Add(1)
+		if res.Gap > 0 {
+			attrs = append(attrs, "lost_packages", res.Gap)
+		}
+		if res.Downgrade {
+			attrs = append(attrs, "downgrade", true)
+		}
+		c.log.Info("CQRS is applied", attrs...)
+		return
+	}
+	c.stats.skipped.Add(1)
+	msg, ok := skipReasons[res.Outcome]
+	if !ok {
+		msg = "CQRS is skipped"
+	}
+	if res.Outcome == replica.OutcomeSkippedStale {
+		attrs = append(attrs, "stored_revision", res.StoredRevision)
+	}
+	c.log.Info(msg, attrs...)
+}
+
+// requeue holds p for RetryDelay, then publishes a copy with retries+1 on
+// the replica's own key. The original is acked once the copy is out.
+func (c *Consumer) requeue(ctx context.Context, p *wire.Payload, attrs []any) error {
+	c.log.Info("CQRS is delayed", append(attrs, "delay", c.retryDelay.String())...)
+	if err := hold(ctx, c.retryDelay); err != nil {
+		c.stats.nacked.Add(1)
+		c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs...)
+		return errNack
+	}
+	cp := *p
+	cp.Retries = p.Retries + 1
+	body, err := wire.Encode(&cp)
+	if err != nil {
+		// Decode's output always encodes; this is a bug, not a bad message.
+		return c.nackAfterDelay(ctx, fmt.Errorf("encode requeue copy: %w", err), attrs)
+	}
+	key := transports.DirectKey(c.queue, p.CQRSID)
+	// Counted before publishing: the copy may be consumed before Publish returns.
+	c.stats.requeued.Add(1)
+	if err := c.pub.Publish(key, message.NewMessage(watermill.NewUUID(), body)); err != nil {
+		c.stats.requeued.Add(-1)
+		return c.nackAfterDelay(ctx, fmt.Errorf("publish requeue copy on %q: %w", key, err), attrs)
+	}
+	c.log.Warn("CQRS is requeued", append(attrs, "requeue_routing_key", key, "requeue_retries", cp.Retries)...)
+	return nil
+}
+
+// deadLetter publishes p, re-encoded with its retries unchanged, to the
+// dead-letter key.
+func (c *Consumer) deadLetter(ctx context.Context, p *wire.Payload, attrs []any, reason string) error {
+	body, err := wire.Encode(p)
+	if err != nil {
+		return c.nackAfterDelay(ctx, fmt.Errorf("encode dead letter: %w", err), attrs)
+	}
+	return c.publishDeadLetter(ctx, p.CQRSID, body, attrs, reason)
+}
+
+func (c *Consumer) publishDeadLetter(ctx context.Context, cqrsID string, body []byte, attrs []any, reason string) error {
+	key := transports.DeadLetterKey(c.dlq, cqrsID)
+	m := message.NewMessage(watermill.NewUUID(), body)
+	if c.ttl > 0 {
+		ms := c.ttl.Milliseconds()
+		if ms < 1 {
+			ms = 1
+		}
+		m.Metadata.Set(transports.MetaExpiration, strconv.FormatInt(ms, 10))
+	}
+	if err := c.pub.Publish(key, m); err != nil {
+		return c.nackAfterDelay(ctx, fmt.Errorf("publish dead letter on %q: %w", key, err), attrs)
+	}
+	c.stats.deadLettered.Add(1)
+	c.log.Warn("CQRS is added to dead letter queue", append(attrs, "reason", reason, "dead_letter_key", key)...)
+	return nil
+}
+
+// nackAfterDelay logs a copy that could not be published and hands the
+// original back to the broker after RetryDelay, so that a broker that
+// redelivers at once is not hammered.
+func (c *Consumer) nackAfterDelay(ctx context.Context, err error, attrs []any) error {
+	c.stats.nacked.Add(1)
+	c.log.Error("CQRS is handed back to the broker", append(attrs, "error", err.Error())...)
+	_ = hold(ctx, c.retryDelay)
+	return errNack
+}
+
+// hold waits d, or returns ctx's error when it ends first.
+func hold(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// payloadAttrs are the log attributes of a message, django-cqrs's
+// "pk = X (cqrs_id), correlation_id = Y" plus revision and retries.
+func payloadAttrs(p *wire.Payload, routingKey string) []any {
+	attrs := []any{
+		"cqrs_id", p.CQRSID,
+		"signal_type", string(p.SignalType),
+		"pk", valueText(p.InstancePK),
+	}
+	if rev, ok := p.Revision(); ok {
+		attrs = append(attrs, "revision", rev)
+	}
+	return append(attrs,
+		"correlation_id", valueText(p.CorrelationID),
+		"retries", p.Retries,
+		"routing_key", routingKey,
+	)
+}
+
+// valueText renders a decoded JSON value for logs: strings as they are,
+// null as "None" (as django-cqrs logs it), anything else as JSON.
+func valueText(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "None"
+	case string:
+		return x
+	case json.Number:
+		return x.String()
+	}
+	b, err := wire.MarshalValue(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
+}

@@ -1,0 +1,211 @@
+package outbox
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+)
+
+//go:embed migrations
+var migrationFS embed.FS
+
+// migration is one versioned schema step of one dialect.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrationsFor lists the embedded migrations of a dialect in version order.
+func migrationsFor(d dialect.Dialect) ([]migration, error) {
+	dir := path.Join("migrations", string(d.Name()))
+	entries, err := fs.ReadDir(migrationFS, dir)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: migrations for %s: %w", d, err)
+	}
+	var out []migration
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".sql") {
+			continue
+		}
+		num, _, ok := strings.Cut(e.Name(), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("outbox: migration file %s/%s: name must start with a positive version number and '_'", dir, e.Name())
+		}
+		b, err := migrationFS.ReadFile(path.Join(dir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("outbox: migration file %s/%s: %w", dir, e.Name(), err)
+		}
+		out = append(out, migration{version: v, name: e.Name(), sql: string(b)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].version < out[j].version })
+	for i := 1; i < len(out); i++ {
+		if out[i].version == out[i-1].version {
+			return nil, fmt.Errorf("outbox: migrations %s and %s of %s share version %d", out[i-1].name, out[i].name, d, out[i].version)
+		}
+	}
+	return out, nil
+}
+
+// statements splits a migration script at semicolons that end a line. The
+// scripts hold no semicolons inside literals.
+func statements(script string) []string {
+	var out []string
+	for _, part := range strings.Split(script, ";\n") {
+		part = strings.TrimSuffix(strings.TrimSpace(part), ";")
+		if hasSQL(part) {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// hasSQL reports whether s holds anything besides blank lines and -- comments.
+func hasSQL(s string) bool {
+	for _, line := range strings.Split(s, "\n") {
+		line = strings.TrimSpace(line)
+		if line != "" && !strings.HasPrefix(line, "--") {
+			return true
+		}
+	}
+	return false
+}
+
+// migrationsTableSQL creates the table that records applied versions.
+func migrationsTableSQL(d dialect.Dialect, n names) string {
+	switch d.Name() {
+	case dialect.Postgres:
+		return "CREATE TABLE IF NOT EXISTS " + n.migrations +
+			" (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+	case dialect.MySQL:
+		return "CREATE TABLE IF NOT EXISTS " + n.migrations +
+			" (version INT NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))" +
+			" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+	default:
+		return "CREATE TABLE IF NOT EXISTS " + n.migrations +
+			" (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))"
+	}
+}
+
+// recordVersionSQL inserts a version row, doing nothing if it is there already.
+func recordVersionSQL(d dialect.Dialect, n names) string {
+	switch d.Name() {
+	case dialect.MySQL:
+		return "INSERT IGNORE INTO " + n.migrations + " (version, name) VALUES (?, ?)"
+	default:
+		return d.Rebind("INSERT INTO " + n.migrations + " (version, name) VALUES (?, ?) ON CONFLICT (version) DO NOTHING")
+	}
+}
+
+// Migrate creates or upgrades the outbox table (default "cqrs_outbox") and
+// records the applied versions in "<table>_migrations". It is idempotent:
+// running it again applies nothing. Concurrent Migrate calls on PostgreSQL
+// and MySQL are serialised with an advisory lock; every step is written to
+// be safe to repeat.
+func Migrate(ctx context.Context, db *sqlx.DB, d dialect.Dialect, opts ...Option) error {
+	if db == nil {
+		return fmt.Errorf("outbox: migrate: nil database handle")
+	}
+	cfg := buildConfig(opts)
+	n, err := resolveNames(d, cfg.table)
+	if err != nil {
+		return fmt.Errorf("outbox: migrate: %w", err)
+	}
+	steps, err := migrationsFor(d)
+	if err != nil {
+		return err
+	}
+	conn, err := db.Connx(ctx)
+	if err != nil {
+		return fmt.Errorf("outbox: migrate %s: connect: %w", n.raw, err)
+	}
+	defer conn.Close()
+
+	unlock, err := migrationLock(ctx, conn, d, n)
+	if err != nil {
+		return fmt.Errorf("outbox: migrate %s: %w", n.raw, err)
+	}
+	defer unlock()
+
+	if _, err := conn.ExecContext(ctx, migrationsTableSQL(d, n)); err != nil {
+		return fmt.Errorf("outbox: migrate %s: create %s: %w", n.raw, n.migrations, err)
+	}
+	applied := map[int]bool{}
+	var versions []int
+	if err := sqlx.SelectContext(ctx, conn, &versions, "SELECT version FROM "+n.migrations); err != nil {
+		return fmt.Errorf("outbox: migrate %s: read applied versions: %w", n.raw, err)
+	}
+	for _, v := range versions {
+		applied[v] = true
+	}
+	rep := n.replacer()
+	for _, m := range steps {
+		if applied[m.version] {
+			continue
+		}
+		if err := applyMigration(ctx, conn, d, n, m, rep); err != nil {
+			return fmt.Errorf("outbox: migrate %s: %s: %w", n.raw, m.name, err)
+		}
+	}
+	return nil
+}
+
+// applyMigration runs one migration and records its version in one
+// transaction (MySQL commits DDL implicitly; the steps are idempotent).
+func applyMigration(ctx context.Context, conn *sqlx.Conn, d dialect.Dialect, n names, m migration, rep *strings.Replacer) error {
+	tx, err := conn.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after commit
+	for i, stmt := range statements(rep.Replace(m.sql)) {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("statement %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, recordVersionSQL(d, n), m.version, m.name); err != nil {
+		return fmt.Errorf("record version %d: %w", m.version, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// migrationLock takes a session advisory lock that serialises migrations of
+// one table (PostgreSQL, MySQL). SQLite serialises writers by itself.
+func migrationLock(ctx context.Context, conn *sqlx.Conn, d dialect.Dialect, n names) (func(), error) {
+	switch d.Name() {
+	case dialect.Postgres:
+		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n.lockKey); err != nil {
+			return nil, fmt.Errorf("advisory lock: %w", err)
+		}
+		return func() {
+			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", n.lockKey)
+		}, nil
+	case dialect.MySQL:
+		name := fmt.Sprintf("gocqrs_outbox_%016x", uint64(n.lockKey))
+		var got *int64
+		if err := conn.QueryRowxContext(ctx, "SELECT GET_LOCK(?, 60)", name).Scan(&got); err != nil {
+			return nil, fmt.Errorf("GET_LOCK %s: %w", name, err)
+		}
+		if got == nil || *got != 1 {
+			return nil, fmt.Errorf("GET_LOCK %s: not granted within 60 s (another migration running?)", name)
+		}
+		return func() {
+			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK(?)", name)
+		}, nil
+	default:
+		return func() {}, nil
+	}
+}

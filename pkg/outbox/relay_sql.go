@@ -1,0 +1,213 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+
+	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+)
+
+// rowColumns are the columns a claim reads, in claimedRow's scan order.
+const rowColumns = "id, cqrs_id, entity_key, topic, body, headers, attempts"
+
+// claimedRow is an outbox row held by this relay.
+type claimedRow struct {
+	id        int64
+	cqrsID    string
+	entityKey string
+	topic     string
+	body      string
+	headers   sql.NullString
+	attempts  int64
+}
+
+func scanRows(rs *sql.Rows) ([]claimedRow, error) {
+	defer rs.Close()
+	var out []claimedRow
+	for rs.Next() {
+		var r claimedRow
+		if err := rs.Scan(&r.id, &r.cqrsID, &r.entityKey, &r.topic, &r.body, &r.headers, &r.attempts); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+// relaySQL holds the fixed statements of a relay for one dialect and table.
+type relaySQL struct {
+	// claim: PostgreSQL and SQLite, one UPDATE ... RETURNING.
+	claim string
+	// claimSelect and claimUpdate: MySQL, SELECT ... FOR UPDATE SKIP LOCKED
+	// then UPDATE in one short transaction (claimUpdate lacks its IN list).
+	claimSelect string
+	claimUpdate string
+	pending     string
+}
+
+func buildRelaySQL(d dialect.Dialect, n names) relaySQL {
+	t := n.table
+	switch d.Name() {
+	case dialect.Postgres:
+		return relaySQL{
+			// ARRAY(subquery) is evaluated once, so the LIMIT and the row
+			// locks apply to exactly the rows updated.
+			claim: "UPDATE " + t + " SET claimed_by = $1, claimed_until = clock_timestamp() + make_interval(secs => $2)" +
+				" WHERE id = ANY(ARRAY(SELECT id FROM " + t +
+				" WHERE claimed_until IS NULL OR claimed_until < clock_timestamp()" +
+				" ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED))" +
+				" RETURNING " + rowColumns,
+			pending: "SELECT COUNT(*), COALESCE((EXTRACT(EPOCH FROM MIN(created_at)) * 1000000)::BIGINT, 0) FROM " + t,
+		}
+	case dialect.MySQL:
+		return relaySQL{
+			claimSelect: "SELECT " + rowColumns + " FROM " + t +
+				" WHERE claimed_until IS NULL OR claimed_until < UTC_TIMESTAMP(6)" +
+				" ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+			claimUpdate: "UPDATE " + t + " SET claimed_by = ?, claimed_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE id IN ",
+			pending:     "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', MIN(created_at)), 0) FROM " + t,
+		}
+	default:
+		const now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+		return relaySQL{
+			// SQLite serialises writers: one statement is atomic.
+			claim: "UPDATE " + t + " SET claimed_by = ?, claimed_until = strftime('%Y-%m-%d %H:%M:%f', 'now', ?)" +
+				" WHERE id IN (SELECT id FROM " + t +
+				" WHERE claimed_until IS NULL OR claimed_until < " + now +
+				" ORDER BY id LIMIT ?)" +
+				" RETURNING " + rowColumns,
+			pending: "SELECT COUNT(*), COALESCE(CAST(ROUND((julianday(MIN(created_at)) - 2440587.5) * 86400000000.0) AS INTEGER), 0) FROM " + t,
+		}
+	}
+}
+
+// inList returns "(?, ?, ...)" and the ids as arguments.
+func inList(ids []int64) (string, []any) {
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	return "(" + dialect.Placeholders(len(ids)) + ")", args
+}
+
+// claim leases up to BatchSize of the lowest-id rows that are unclaimed or
+// whose lease expired, and returns them (in any order).
+func (r *Relay) claim(ctx context.Context) ([]claimedRow, error) {
+	ttl := r.opts.ClaimTTL
+	switch r.d.Name() {
+	case dialect.Postgres:
+		rs, err := r.db.QueryContext(ctx, r.sql.claim, r.opts.OwnerID, ttl.Seconds(), r.opts.BatchSize)
+		if err != nil {
+			return nil, err
+		}
+		return scanRows(rs)
+	case dialect.SQLite:
+		rs, err := r.db.QueryContext(ctx, r.sql.claim, r.opts.OwnerID, fmt.Sprintf("%+.3f seconds", ttl.Seconds()), r.opts.BatchSize)
+		if err != nil {
+			return nil, err
+		}
+		return scanRows(rs)
+	default:
+		return r.claimMySQL(ctx)
+	}
+}
+
+func (r *Relay) claimMySQL(ctx context.Context) ([]claimedRow, error) {
+	// READ COMMITTED: no gap locks, so the claim never blocks inserts.
+	tx, err := r.db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after commit
+	rs, err := tx.QueryContext(ctx, r.sql.claimSelect, r.opts.BatchSize)
+	if err != nil {
+		return nil, fmt.Errorf("select: %w", err)
+	}
+	rows, err := scanRows(rs)
+	if err != nil {
+		return nil, fmt.Errorf("select: %w", err)
+	}
+	if len(rows) == 0 {
+		return nil, tx.Commit()
+	}
+	ids := make([]int64, len(rows))
+	for i, row := range rows {
+		ids[i] = row.id
+	}
+	list, args := inList(ids)
+	args = append([]any{r.opts.OwnerID, r.opts.ClaimTTL.Microseconds()}, args...)
+	if _, err := tx.ExecContext(ctx, r.sql.claimUpdate+list, args...); err != nil {
+		return nil, fmt.Errorf("update: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return rows, nil
+}
+
+// lowerRows returns, for the given entity keys, the ids and keys of every row
+// with an id below maxID, claimed by this relay or not.
+func (r *Relay) lowerRows(ctx context.Context, keys []string, maxID int64) (map[string][]int64, error) {
+	args := make([]any, 0, len(keys)+1)
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	args = append(args, maxID)
+	q := r.d.Rebind("SELECT id, entity_key FROM " + r.n.table +
+		" WHERE entity_key IN (" + dialect.Placeholders(len(keys)) + ") AND id < ?")
+	rs, err := r.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	out := map[string][]int64{}
+	for rs.Next() {
+		var id int64
+		var key string
+		if err := rs.Scan(&id, &key); err != nil {
+			return nil, err
+		}
+		out[key] = append(out[key], id)
+	}
+	return out, rs.Err()
+}
+
+// deleteRows deletes published rows still claimed by this relay.
+func (r *Relay) deleteRows(ctx context.Context, ids []int64) error {
+	list, args := inList(ids)
+	_, err := r.db.ExecContext(ctx, r.d.Rebind("DELETE FROM "+r.n.table+" WHERE claimed_by = ? AND id IN "+list),
+		append([]any{r.opts.OwnerID}, args...)...)
+	return err
+}
+
+// releaseRows hands claimed rows back unpublished.
+func (r *Relay) releaseRows(ctx context.Context, ids []int64) error {
+	list, args := inList(ids)
+	_, err := r.db.ExecContext(ctx, r.d.Rebind("UPDATE "+r.n.table+" SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ? AND id IN "+list),
+		append([]any{r.opts.OwnerID}, args...)...)
+	return err
+}
+
+// maxLastErrorLen bounds last_error (bytes, cut at a rune boundary).
+const maxLastErrorLen = 2000
+
+// markFailed releases a row whose publish failed, counting the attempt.
+func (r *Relay) markFailed(ctx context.Context, id int64, cause error) error {
+	msg := cause.Error()
+	if len(msg) > maxLastErrorLen {
+		cut := maxLastErrorLen
+		for cut > 0 && !isRuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut]
+	}
+	msg = strings.ToValidUTF8(msg, "?")
+	_, err := r.db.ExecContext(ctx, r.d.Rebind("UPDATE "+r.n.table+
+		" SET claimed_by = NULL, claimed_until = NULL, attempts = attempts + 1, last_error = ? WHERE claimed_by = ? AND id = ?"),
+		msg, r.opts.OwnerID, id)
+	return err
+}
+
+func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
