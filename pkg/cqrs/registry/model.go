@@ -2,8 +2,8 @@
 // table backs a cqrs_id, its primary key, its fields and their kinds, the
 // master→replica mapping and the hooks that customise serialisation and apply.
 //
-// Models are declared in Go (struct literals, or [MasterFromStruct] /
-// [ReplicaFromStruct] for a struct with `db` tags) or from configuration
+// Models are declared in Go (struct literals, with [FieldsOf] deriving the
+// fields of a struct with `db` tags) or from configuration
 // (table-only declarations). [Registry] rejects bad declarations when they are
 // added, and [Registry.Bind] checks them against the real tables.
 package registry

@@ -11,6 +11,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 )
 
 // Registry holds master and replica models by cqrs_id. It is safe for
@@ -107,9 +108,15 @@ func validID(kind, id string) error {
 	return nil
 }
 
-func checkFields(kind, id string, fields []Field) error {
+func checkFields(kind, id string, fields []Field, revCol, updCol string) error {
 	seen := map[string]bool{}
 	for i, f := range fields {
+		if c := f.ColumnName(); c == revCol || c == updCol {
+			return fmt.Errorf("registry: %s model %q: field %q: column %q is a sync column, which is always included; leave it out of Fields", kind, id, f.Name, c)
+		}
+		if f.Name == wire.RevisionKey || f.Name == wire.UpdatedKey {
+			return fmt.Errorf("registry: %s model %q: field %q: the key is reserved for the sync column", kind, id, f.Name)
+		}
 		if f.Name == "" {
 			return fmt.Errorf("registry: %s model %q: field %d has no name", kind, id, i)
 		}
@@ -149,7 +156,7 @@ func (m *MasterModel) normalize() error {
 			return fmt.Errorf("registry: master model %q: %s: %w", m.CQRSID, what, err)
 		}
 	}
-	if err := checkFields("master", m.CQRSID, m.Fields); err != nil {
+	if err := checkFields("master", m.CQRSID, m.Fields, m.RevisionColumn, m.UpdatedColumn); err != nil {
 		return err
 	}
 	if len(m.Fields) > 0 {
@@ -177,7 +184,9 @@ func (m *ReplicaModel) normalize() error {
 		}
 		return nil
 	}
-	if m.Hooks.Create == nil && m.Hooks.Update == nil && m.Hooks.Delete == nil && m.Table == "" {
+	if m.Table == "" {
+		// Hooks alone are not enough: the engine reads the stored row and
+		// its revision from the table before calling them.
 		return fmt.Errorf("registry: replica model %q: no table and no Raw handlers", m.CQRSID)
 	}
 	if m.RevisionColumn == "" {
@@ -194,7 +203,7 @@ func (m *ReplicaModel) normalize() error {
 			return fmt.Errorf("registry: replica model %q: %s: %w", m.CQRSID, what, err)
 		}
 	}
-	if err := checkFields("replica", m.CQRSID, m.Fields); err != nil {
+	if err := checkFields("replica", m.CQRSID, m.Fields, m.RevisionColumn, m.UpdatedColumn); err != nil {
 		return err
 	}
 	for _, f := range m.Fields {
