@@ -172,6 +172,9 @@ func pgKind(dataType, udt string) Kind {
 	return KindString
 }
 
+// mysqlColumns reads information_schema.columns. MariaDB reports the implicit
+// default of a nullable column as the string NULL; that is no default, as on
+// the other databases.
 func mysqlColumns(ctx context.Context, q sqlx.QueryerContext, table string) ([]Column, error) {
 	schema, name := splitTable(table)
 	schemaCond := "table_schema = DATABASE()"
@@ -181,7 +184,9 @@ func mysqlColumns(ctx context.Context, q sqlx.QueryerContext, table string) ([]C
 		args = append(args, schema)
 	}
 	rows, err := q.QueryxContext(ctx, `
-SELECT column_name, data_type, column_type, is_nullable = 'YES', column_default IS NOT NULL OR extra LIKE '%auto_increment%', column_key = 'PRI',
+SELECT column_name, data_type, column_type, is_nullable = 'YES',
+  (column_default IS NOT NULL AND NOT (is_nullable = 'YES' AND column_default = 'NULL')) OR extra LIKE '%auto_increment%',
+  column_key = 'PRI',
   COALESCE(numeric_scale, -1)
 FROM information_schema.columns WHERE table_name = ? AND `+schemaCond+` ORDER BY ordinal_position`, args...)
 	if err != nil {
@@ -281,18 +286,21 @@ func mysqlKind(dataType, colType string) Kind {
 
 func sqliteColumns(ctx context.Context, q sqlx.QueryerContext, table string) ([]Column, error) {
 	schema, name := splitTable(table)
-	var query string
+	// The schema is the function's second argument: a "schema." prefix on
+	// pragma_table_info is ignored and would read the main database.
+	query := `SELECT name, type, "notnull", dflt_value IS NOT NULL, pk FROM pragma_table_info(?)`
+	args := []any{name}
 	if schema != "" {
-		query = fmt.Sprintf(`SELECT name, type, "notnull", dflt_value IS NOT NULL, pk FROM %q.pragma_table_info(?)`, schema)
-	} else {
-		query = `SELECT name, type, "notnull", dflt_value IS NOT NULL, pk FROM pragma_table_info(?)`
+		query = `SELECT name, type, "notnull", dflt_value IS NOT NULL, pk FROM pragma_table_info(?, ?)`
+		args = append(args, schema)
 	}
-	rows, err := q.QueryxContext(ctx, query, name)
+	rows, err := q.QueryxContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	var cols []Column
+	pkCols := 0
 	for rows.Next() {
 		var c Column
 		var notNull bool
@@ -303,8 +311,8 @@ func sqliteColumns(ctx context.Context, q sqlx.QueryerContext, table string) ([]
 		c.DBType = strings.ToLower(c.DBType)
 		c.Nullable = !notNull
 		c.PrimaryKey = pk > 0
-		if c.PrimaryKey && strings.HasPrefix(c.DBType, "integer") {
-			c.HasDefault = true // rowid alias
+		if c.PrimaryKey {
+			pkCols++
 		}
 		c.Kind = sqliteKind(c.DBType)
 		c.Scale = -1
@@ -313,7 +321,19 @@ func sqliteColumns(ctx context.Context, q sqlx.QueryerContext, table string) ([]
 		}
 		cols = append(cols, c)
 	}
-	return cols, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// A lone INTEGER PRIMARY KEY is an alias of the rowid: SQLite fills it
+	// in. The integer column of a composite key is not.
+	if pkCols == 1 {
+		for i := range cols {
+			if cols[i].PrimaryKey && cols[i].DBType == "integer" {
+				cols[i].HasDefault = true
+			}
+		}
+	}
+	return cols, nil
 }
 
 func sqliteKind(t string) Kind {
