@@ -108,6 +108,9 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		p = &pending{}
 		st.entities[key] = p
 	}
+	if p.deleted { // re-created after a DELETE in this tx: keep the DELETE, add a SAVE
+		p.outboxID, p.oldTracked = 0, nil
+	}
 	p.created, p.bumped, p.deleted = true, true, false
 	return pk, m.emitSave(ctx, tx, mm, pk, p, nil)
 }
@@ -257,6 +260,9 @@ func (m *Master) saveRows(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterM
 		if previous != nil && previous[i] != nil && p.oldTracked == nil && !p.created {
 			p.oldTracked, p.snapshot = previous[i], snapshot
 		}
+		if p.deleted {
+			p.outboxID, p.oldTracked = 0, nil
+		}
 		p.bumped, p.deleted = true, false
 		pends[i] = p
 	}
@@ -336,7 +342,7 @@ func (m *Master) emitSave(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterM
 // saveMessage builds the SAVE outbox message of a row; ok is false when the
 // model does not produce.
 func (m *Master) saveMessage(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterModel, pk any, p *pending, row *wire.Fields) (outbox.Message, bool, error) {
-	if !m.produces(mm) {
+	if !m.produces(mm) || (mm.IsSyncInstance != nil && !mm.IsSyncInstance(row)) {
 		return outbox.Message{}, false, nil
 	}
 	var prev *wire.Fields
@@ -399,14 +405,14 @@ func (m *Master) Delete(ctx context.Context, tx *sqlx.Tx, cqrsID string, pk any)
 		rev++
 	}
 	p.bumped, p.deleted = true, true
-	if !m.produces(mm) {
+	if !m.produces(mm) || (mm.IsSyncInstance != nil && !mm.IsSyncInstance(row)) {
 		return nil
 	}
 	data := wire.NewFields()
 	data.Set("id", realPK)
 	data.Set(wire.RevisionKey, json.Number(strconv.FormatInt(rev, 10)))
 	data.Set(wire.UpdatedKey, wire.FormatPyDateTime(m.clock()))
-	if mm.DeleteData != nil {
+	if mm.DeleteData != nil && pyTruthy(custom) {
 		data.Set("custom", custom)
 	}
 	pl, err := m.envelope(ctx, mm, wire.SignalDelete, realPK, data, nil, "", row)
@@ -474,6 +480,11 @@ func (m *Master) payload(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterMo
 		if data, err = mm.Serialize(ctx, tx, row.Clone()); err != nil {
 			return nil, fmt.Errorf("master: %s pk %v: serializer: %w", mm.CQRSID, pk, err)
 		}
+		if data == nil {
+			data = wire.NewFields()
+		}
+		data.Set(wire.RevisionKey, mustGet(row, wire.RevisionKey))
+		data.Set(wire.UpdatedKey, mustGet(row, wire.UpdatedKey))
 	}
 	return m.envelope(ctx, mm, sig, pk, data, prev, queue, row)
 }
@@ -614,4 +625,22 @@ func uniq(pks []any) map[string]bool {
 func mustGet(f *wire.Fields, k string) any {
 	v, _ := f.Get(k)
 	return v
+}
+
+func pyTruthy(v any) bool {
+	switch x := v.(type) {
+	case nil:
+		return false
+	case *wire.Fields:
+		return x != nil && x.Len() > 0
+	case map[string]any:
+		return len(x) > 0
+	case []any:
+		return len(x) > 0
+	case string:
+		return x != ""
+	case bool:
+		return x
+	}
+	return true
 }

@@ -83,8 +83,9 @@ type MasterModel struct {
 	// DeleteData, when set, adds its result under "custom" to DELETE
 	// messages (get_custom_cqrs_delete_data). It gets the row before deletion.
 	DeleteData func(ctx context.Context, tx *sqlx.Tx, row *wire.Fields) (any, error)
-	// IsSyncInstance, when set, filters which rows a SYNC sends
-	// (is_sync_instance).
+	// IsSyncInstance, when set, decides which rows produce messages at all
+	// (django-cqrs's is_sync_instance): a row it rejects sends no SAVE,
+	// DELETE or SYNC, though its revision is still bumped.
 	IsSyncInstance func(row *wire.Fields) bool
 	// ProduceOff stops this model from publishing (CQRS_PRODUCE = False); the
 	// revision is still bumped.
