@@ -31,6 +31,9 @@ type Config struct {
 	URL string `mapstructure:"url"`
 	// Exchange is the RabbitMQ topic exchange (default "cqrs").
 	Exchange string `mapstructure:"exchange"`
+	// TLS configures amqps:// RabbitMQ connections (CA file, client
+	// certificate, server name).
+	TLS transports.RabbitMQTLSConfig `mapstructure:"tls"`
 	// Queue is this replica's queue name.
 	Queue string `mapstructure:"queue"`
 	// Memory configures the memory transport.
@@ -260,6 +263,16 @@ func (c *Config) Validate() error {
 	}
 	if c.Master.RelayBatchSize < 0 {
 		errs = append(errs, fmt.Errorf("config: master.relay_batch_size: %d is negative", c.Master.RelayBatchSize))
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "", "debug", "info", "warn", "warning", "error":
+	default:
+		errs = append(errs, fmt.Errorf("config: log.level: %q is not debug, info, warn or error", c.Log.Level))
+	}
+	switch strings.ToLower(c.Log.Format) {
+	case "", "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("config: log.format: %q is not text or json", c.Log.Format))
 	}
 	for i, m := range c.Models {
 		if _, _, err := m.model(); err != nil {
