@@ -98,13 +98,14 @@ func runConsume(ctx context.Context, env Env, args []string) error {
 // consumerOptions maps the replica block of the configuration.
 func consumerOptions(cfg *cqrs.Config, ids []string, logger *slog.Logger) consumer.Options {
 	o := consumer.Options{
-		Queue:           cfg.Queue,
-		DeadLetterQueue: cfg.Replica.DeadLetterQueue,
-		MaxRetries:      cfg.Replica.MaxRetries,
-		RetryDelay:      cfg.Replica.RetryDelay.Or(consumer.DefaultRetryDelay),
-		DeadMessageTTL:  cfg.Replica.DeadMessageTTL.Or(consumer.DefaultDeadMessageTTL),
-		CQRSIDs:         ids,
-		Logger:          logger,
+		Queue:             cfg.Queue,
+		DeadLetterQueue:   cfg.Replica.DeadLetterQueue,
+		MaxRetries:        cfg.Replica.MaxRetries,
+		RetryDelay:        cfg.Replica.RetryDelay.Or(consumer.DefaultRetryDelay),
+		DeadMessageTTL:    cfg.Replica.DeadMessageTTL.Or(consumer.DefaultDeadMessageTTL),
+		CQRSIDs:           ids,
+		DelayQueueMaxSize: cfg.Replica.DelayQueueMaxSize,
+		Logger:            logger,
 	}
 	if cfg.Replica.DeadMessageTTL.Set && cfg.Replica.DeadMessageTTL.D == 0 {
 		o.DeadMessageTTL = -1 // null: dead letters never expire

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -39,9 +40,16 @@ type MemoryConfig struct {
 // like a bare GoChannel.
 //
 //   - Order: messages of one topic are delivered one at a time, in publish
-//     order. The next one is sent only after every subscriber acked the
-//     previous one (GoChannel with BlockPublishUntilSubscriberAck, fed by one
-//     pump goroutine per topic).
+//     order. The next one is sent only after every subscriber acked or
+//     detached the previous one (GoChannel with
+//     BlockPublishUntilSubscriberAck, fed by one pump goroutine per topic).
+//   - Detach: every delivered message carries a [DetachFunc] in its context
+//     (see [Detach]). A detached message no longer holds up its topic: the
+//     next one is delivered while it stays pending (and counts towards
+//     MaxPending) until its [Settle] is called. Settle(true) removes it;
+//     Settle(false) puts it back at the head of the queue: it is delivered
+//     next, after the message in flight if there is one. The Watermill
+//     Ack/Nack of a detached message does nothing.
 //   - Publish never waits for subscribers: it appends to the topic's queue
 //     and returns, so a handler may publish to the topic it consumes (a
 //     requeue on cqrs.<queue>.<cqrs_id>) without deadlocking.
@@ -56,8 +64,9 @@ type MemoryConfig struct {
 //     subscriber goes away before acking, the message stays at the head of
 //     the queue and goes to the next subscriber (at-least-once: an ack racing
 //     with a subscriber's cancellation may give a duplicate).
-//   - Memory only: all queued messages are lost when the process exits or
-//     the transport is closed.
+//   - Memory only: all queued and detached messages are lost when the
+//     process exits or the transport is closed; Settle then returns an error
+//     wrapping [ErrClosed].
 //
 // Delivered messages carry metadata [MetaRoutingKey] = topic. A Memory is
 // safe for concurrent use.
@@ -80,12 +89,63 @@ type memTopic struct {
 	gc   *gochannel.GoChannel
 	wake chan struct{} // capacity 1: "something changed", for the pump
 
-	queue []*message.Message // unacknowledged messages; queue[0] may be in flight
-	subs  int                // live subscriptions
-	gen   uint64             // bumped whenever a subscription starts or ends
+	queue []*memEntry // waiting, in publish order (settled nacks go first)
+	cur   *memEntry   // being delivered, or waiting to be delivered again
+	held  []*memEntry // detached by a subscriber and not settled yet
+	subs  int         // live subscriptions
+	gen   uint64      // bumped whenever a subscription starts or ends
+}
 
-	inflight string // UUID of the head while the pump delivers it
-	acked    bool   // some subscriber acked the in-flight message
+// pendingLocked counts the messages no subscriber has acked: waiting, in
+// delivery and detached. Memory.mu must be held.
+func (t *memTopic) pendingLocked() int {
+	n := len(t.queue) + len(t.held)
+	if t.curPendingLocked() {
+		n++
+	}
+	return n
+}
+
+// curPendingLocked reports whether t.cur is a message still unacknowledged
+// (an acked one only waits for the pump to drop it). Memory.mu must be held.
+func (t *memTopic) curPendingLocked() bool {
+	return t.cur != nil && !t.cur.acked
+}
+
+// memEntry is one unacknowledged message of a topic. Fields other than msg
+// are guarded by Memory.mu.
+type memEntry struct {
+	msg   *message.Message
+	place entryPlace
+
+	// The delivery round, meaningful while place is placeCurrent.
+	delivering bool   // the pump's GoChannel publish is running
+	acked      bool   // a subscriber acked it, or settled a detached copy with ack
+	detached   int    // detached copies not settled yet
+	handedBack bool   // a detached copy was settled with nack while it was current
+	failed     bool   // the last round ended without an ack or a detach
+	failedGen  uint64 // memTopic.gen when the failed round started
+}
+
+// entryPlace says where a memEntry is.
+type entryPlace int
+
+const (
+	placeQueued  entryPlace = iota // in memTopic.queue
+	placeCurrent                   // memTopic.cur
+	placeHeld                      // in memTopic.held
+	placeGone                      // acknowledged
+)
+
+// memCopy is one subscriber's delivery of an entry. Fields other than e,
+// out and detachCh are guarded by Memory.mu.
+type memCopy struct {
+	e        *memEntry
+	out      *message.Message // what the subscriber got
+	detachCh chan struct{}    // closed on detach, to wake forward
+	detached bool
+	done     bool // forward has passed on out's ack or nack
+	settled  bool // the Settle of a detached copy was called
 }
 
 // NewMemory returns an empty memory transport. A nil logger means
@@ -165,21 +225,22 @@ func (m *Memory) Publish(topic string, msgs ...*message.Message) error {
 		return fmt.Errorf("transports: memory: publish to %q: %w", topic, ErrClosed)
 	}
 	t := m.topicLocked(topic)
-	if n := len(t.queue); n+len(msgs) > m.maxPending {
+	if n := t.pendingLocked(); n+len(msgs) > m.maxPending {
 		return fmt.Errorf("transports: memory: publish %d message(s) to %q: %w (%d pending, limit %d)",
 			len(msgs), topic, ErrTopicFull, n, m.maxPending)
 	}
 	for _, msg := range msgs {
 		c := msg.Copy()
 		c.Metadata.Set(MetaRoutingKey, topic)
-		t.queue = append(t.queue, c)
+		t.queue = append(t.queue, &memEntry{msg: c, place: placeQueued})
 	}
 	t.signal()
 	return nil
 }
 
 // Subscribe returns a channel of topic's messages, starting with those
-// already queued. Each message must be acked or nacked. The channel is
+// already queued. Each message must be acked, nacked or detached (see
+// [Detach]; a detached message must later be settled). The channel is
 // closed when ctx is cancelled (after the message in hand, if any, was acked
 // or nacked) or when the transport closes.
 func (m *Memory) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -211,9 +272,11 @@ func (m *Memory) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 	return out, nil
 }
 
-// forward hands the GoChannel's messages to the subscriber and records acks
-// for the pump. GoChannel sends one message at a time per topic and resends
-// it on nack, so at most one message is in hand here.
+// forward hands the GoChannel's messages to the subscriber and passes the
+// subscriber's ack, nack or detach back. GoChannel sends one message at a
+// time per subscriber and resends it on nack, so at most one message is in
+// hand here. The subscriber gets its own copy carrying a DetachFunc, so that
+// its Ack or Nack after a detach does not reach the GoChannel.
 func (m *Memory) forward(ctx context.Context, t *memTopic, in <-chan *message.Message, out chan<- *message.Message) {
 	defer func() {
 		m.mu.Lock()
@@ -228,24 +291,135 @@ func (m *Memory) forward(ctx context.Context, t *memTopic, in <-chan *message.Me
 		if ctx.Err() != nil {
 			continue // cancelled: hand out nothing more; GoChannel closes in
 		}
+		m.mu.Lock()
+		e := t.cur
+		if e == nil || !e.delivering || e.msg.UUID != msg.UUID {
+			// The pump's publish is over, so the GoChannel gave up on this
+			// subscriber: it is going away.
+			m.mu.Unlock()
+			continue
+		}
+		c := &memCopy{e: e, out: msg.Copy(), detachCh: make(chan struct{})}
+		m.mu.Unlock()
+		c.out.SetContext(WithDetach(ctx, m.detacher(t, c)))
+
 		select {
-		case out <- msg:
+		case out <- c.out:
 		case <-ctx.Done():
 			continue // not handed out; GoChannel closes in
 		case <-m.closing:
 			continue
 		}
 		select {
-		case <-msg.Acked():
-			m.mu.Lock()
-			if t.inflight == msg.UUID {
-				t.acked = true
-			}
-			m.mu.Unlock()
-			t.signal() // the pump may have stopped waiting before this ack
-		case <-msg.Nacked():
+		case <-c.out.Acked():
+		case <-c.out.Nacked():
+		case <-c.detachCh:
 		case <-m.closing:
+			m.mu.Lock()
+			c.done = true
+			m.mu.Unlock()
+			continue
 		}
+		m.mu.Lock()
+		if c.detached {
+			// The entry tracks the message now; release the GoChannel so
+			// that the pump sends the next one.
+			m.mu.Unlock()
+			msg.Ack()
+			continue
+		}
+		c.done = true
+		acked := isClosed(c.out.Acked())
+		if acked {
+			// Recorded before the GoChannel learns of it, so the pump sees
+			// the ack when its publish returns (or, for a late ack, when
+			// woken).
+			t.ackLocked(e)
+		}
+		m.mu.Unlock()
+		if acked {
+			msg.Ack()
+			t.signal()
+		} else {
+			msg.Nack() // the GoChannel sends it again
+		}
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// detacher returns the DetachFunc of subscriber copy c.
+func (m *Memory) detacher(t *memTopic, c *memCopy) DetachFunc {
+	return func() (Settle, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		what := fmt.Sprintf("transports: memory: detach message %s on %q", c.out.UUID, t.name)
+		switch {
+		case m.closed:
+			return nil, fmt.Errorf("%s: %w", what, ErrClosed)
+		case c.detached:
+			return nil, fmt.Errorf("%s: already detached", what)
+		case c.done || isClosed(c.out.Acked()) || isClosed(c.out.Nacked()):
+			return nil, fmt.Errorf("%s: already acked or nacked", what)
+		}
+		c.detached = true
+		c.e.detached++
+		close(c.detachCh)
+		return func(ack bool) error { return m.settle(t, c, ack) }, nil
+	}
+}
+
+// settle finishes detached copy c: an ack removes its message, a nack puts
+// it back at the head of the queue once no other subscriber holds it
+// detached or acked it.
+func (m *Memory) settle(t *memTopic, c *memCopy, ack bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c.settled {
+		return nil
+	}
+	c.settled = true
+	if m.closed {
+		return fmt.Errorf("transports: memory: settle message %s on %q: %w (the message is lost)", c.out.UUID, t.name, ErrClosed)
+	}
+	e := c.e
+	e.detached--
+	switch {
+	case ack:
+		t.ackLocked(e)
+	case e.acked || e.detached > 0:
+		// Delivered already, or still held by another subscriber.
+	case e.place == placeHeld:
+		t.unholdLocked(e)
+		e.place = placeQueued
+		t.queue = slices.Insert(t.queue, 0, e)
+	case e.place == placeCurrent:
+		e.handedBack = true // delivered again once the round is over
+	}
+	t.signal()
+	return nil
+}
+
+// ackLocked records that a subscriber acknowledged e. Memory.mu must be held.
+func (t *memTopic) ackLocked(e *memEntry) {
+	e.acked = true
+	if e.place == placeHeld {
+		t.unholdLocked(e)
+		e.place = placeGone
+	}
+}
+
+// unholdLocked removes e from t.held. Memory.mu must be held.
+func (t *memTopic) unholdLocked(e *memEntry) {
+	if i := slices.Index(t.held, e); i >= 0 {
+		t.held = slices.Delete(t.held, i, i+1)
 	}
 }
 
@@ -274,33 +448,18 @@ func (t *memTopic) signal() {
 	}
 }
 
-// pump delivers t's queue head through the GoChannel, one message at a time.
-// The head leaves the queue only once a subscriber acked it.
+// pump delivers t's messages through the GoChannel, one at a time. A
+// message leaves the topic once a subscriber acked it; a detached one moves
+// to t.held and the next one is delivered.
 func (m *Memory) pump(t *memTopic) {
 	defer m.wg.Done()
-	var failedGen uint64
-	failed := false
 	for {
 		m.mu.Lock()
 		if m.closed {
 			m.mu.Unlock()
 			return
 		}
-		if failed && t.acked {
-			// A subscriber acked after the GoChannel had given up on it.
-			t.popLocked()
-			failed = false
-		}
-		// After a delivery nobody acked, wait for a subscription change: the
-		// subscribers that had the message are gone.
-		ready := len(t.queue) > 0 && t.subs > 0 && (!failed || t.gen != failedGen)
-		var msg *message.Message
-		var gen uint64
-		if ready {
-			msg = t.queue[0]
-			t.inflight, t.acked = msg.UUID, false
-			gen = t.gen
-		}
+		e, gen, ready := t.nextLocked()
 		m.mu.Unlock()
 		if !ready {
 			select {
@@ -311,48 +470,75 @@ func (m *Memory) pump(t *memTopic) {
 			}
 		}
 
-		// Blocks until every current subscriber acked, or went away.
-		if err := t.gc.Publish(t.name, msg); err != nil {
+		// Blocks until every current subscriber acked or detached, or went away.
+		if err := t.gc.Publish(t.name, e.msg); err != nil {
 			return // the GoChannel is closed: so is m
 		}
 
 		m.mu.Lock()
-		failed = !t.acked
-		if failed {
-			failedGen = gen // keep inflight set: a late ack still counts
-		} else {
-			t.popLocked()
+		e.delivering = false
+		if !e.acked && e.detached == 0 && !e.handedBack {
+			// Nobody took it: keep it current; a late ack or detach still counts.
+			e.failed, e.failedGen = true, gen
 		}
 		m.mu.Unlock()
 	}
 }
 
-// popLocked removes the acknowledged head. Memory.mu must be held.
-func (t *memTopic) popLocked() {
-	t.inflight, t.acked = "", false
-	if len(t.queue) == 0 {
-		return
+// nextLocked closes the current message's finished delivery round (acked:
+// gone; detached: held; handed back: deliver again) and returns the message
+// to deliver now, if any, with the subscription generation it goes to.
+// After a round nobody acked or detached, the message waits for a
+// subscription change: the subscribers that had it are gone. Memory.mu must
+// be held.
+func (t *memTopic) nextLocked() (e *memEntry, gen uint64, ready bool) {
+	if e := t.cur; e != nil && !e.delivering {
+		switch {
+		case e.acked:
+			e.place = placeGone
+			t.cur = nil
+		case e.detached > 0:
+			e.place = placeHeld
+			t.held = append(t.held, e)
+			t.cur = nil
+		case e.handedBack:
+			e.handedBack, e.failed = false, false
+		}
 	}
-	t.queue[0] = nil
-	t.queue = t.queue[1:]
-	if len(t.queue) == 0 {
-		t.queue = nil
+	if t.cur == nil && len(t.queue) > 0 {
+		e := t.queue[0]
+		t.queue[0] = nil
+		t.queue = t.queue[1:]
+		if len(t.queue) == 0 {
+			t.queue = nil
+		}
+		e.place = placeCurrent
+		e.acked, e.detached, e.handedBack, e.failed = false, 0, false, false
+		t.cur = e
 	}
+	e = t.cur
+	if e == nil || t.subs == 0 || (e.failed && e.failedGen == t.gen) {
+		return nil, 0, false
+	}
+	e.delivering, e.failed = true, false
+	return e, t.gen, true
 }
 
 // Pending returns how many messages topic holds that no subscriber has
-// acked yet (queued plus in flight).
+// acked yet: queued, in flight and detached but not settled.
 func (m *Memory) Pending(topic string) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if t, ok := m.topics[topic]; ok {
-		return len(t.queue)
+		return t.pendingLocked()
 	}
 	return 0
 }
 
-// Peek returns copies of topic's unacknowledged messages in order, without
-// removing them; for inspecting topics nobody consumes, such as dead letters.
+// Peek returns copies of topic's unacknowledged messages without removing
+// them: detached ones first (in the order they were detached), then the
+// one in flight and the queue in delivery order. It is meant for inspecting
+// topics nobody consumes, such as dead letters.
 func (m *Memory) Peek(topic string) []*message.Message {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -360,16 +546,23 @@ func (m *Memory) Peek(topic string) []*message.Message {
 	if !ok {
 		return nil
 	}
-	out := make([]*message.Message, len(t.queue))
-	for i, msg := range t.queue {
-		out[i] = msg.Copy()
+	out := make([]*message.Message, 0, t.pendingLocked())
+	for _, e := range t.held {
+		out = append(out, e.msg.Copy())
+	}
+	if t.curPendingLocked() {
+		out = append(out, t.cur.msg.Copy())
+	}
+	for _, e := range t.queue {
+		out = append(out, e.msg.Copy())
 	}
 	return out
 }
 
 // Close stops all pumps, closes every subscriber's channel and discards the
-// queued messages. It waits for its goroutines to end; a subscriber holding
-// an unacked message is not waited for. Close is idempotent.
+// queued and detached messages. It waits for its goroutines to end; a
+// subscriber holding an unacked or detached message is not waited for (a
+// later Settle returns an error wrapping [ErrClosed]). Close is idempotent.
 func (m *Memory) Close() error {
 	m.mu.Lock()
 	if m.closed {

@@ -403,3 +403,234 @@ func TestMemoryCloseIsClean(t *testing.T) {
 		return runtime.NumGoroutine() <= before
 	})
 }
+
+// recv returns the next message of ch, failing the test after wait.
+func recv(t *testing.T, ch <-chan *message.Message) *message.Message {
+	t.Helper()
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			t.Fatal("subscription channel closed")
+		}
+		return m
+	case <-time.After(wait):
+		t.Fatal("no message delivered")
+	}
+	return nil
+}
+
+func detach(t *testing.T, m *message.Message) transports.Settle {
+	t.Helper()
+	settle, ok, err := transports.Detach(m)
+	if err != nil || !ok {
+		t.Fatalf("Detach(%s) = ok %v, err %v; want a detached message", m.Payload, ok, err)
+	}
+	return settle
+}
+
+func TestMemoryDetachDeliversNextAndSettles(t *testing.T) {
+	t.Parallel()
+	m := newMemory(t, 0)
+	if _, ok, err := transports.Detach(msg("not delivered")); ok || err != nil {
+		t.Fatalf("Detach of a message no subscriber delivered: ok %v, err %v; want unsupported", ok, err)
+	}
+	for _, b := range []string{"a", "b", "c"} {
+		if err := m.Publish("t", msg(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := m.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := recv(t, ch)
+	settleA := detach(t, a)
+	a.Ack() // what a router does when the handler returns: no effect now
+	if _, _, err := transports.Detach(a); err == nil {
+		t.Fatal("a second Detach of the same delivery was accepted")
+	}
+
+	// The next message comes while a is detached; a stays pending.
+	b := recv(t, ch)
+	if string(b.Payload) != "b" {
+		t.Fatalf("got %q while a was detached, want b", b.Payload)
+	}
+	if got := m.Pending("t"); got != 3 {
+		t.Fatalf("Pending = %d with a detached, b in flight and c queued, want 3", got)
+	}
+	if p := m.Peek("t"); len(p) != 3 || string(p[0].Payload) != "a" {
+		t.Fatalf("Peek = %v, want a (detached) first", p)
+	}
+	b.Ack()
+	if _, _, err := transports.Detach(b); err == nil {
+		t.Fatal("Detach after Ack was accepted")
+	}
+	testenv.WaitFor(t, wait, "b acked", func() bool { return m.Pending("t") == 2 })
+
+	// Settle(false) puts a back at the head: it comes right after c.
+	c := recv(t, ch)
+	if err := settleA(false); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Pending("t"); got != 2 {
+		t.Fatalf("Pending = %d after a was handed back with c in flight, want 2", got)
+	}
+	c.Ack()
+	a2 := recv(t, ch)
+	if string(a2.Payload) != "a" || a2.Metadata.Get(transports.MetaRoutingKey) != "t" {
+		t.Fatalf("after handing a back got %q (routing key %q), want a again", a2.Payload, a2.Metadata.Get(transports.MetaRoutingKey))
+	}
+	if err := settleA(true); err != nil {
+		t.Fatalf("second Settle: %v, want nil", err)
+	}
+	if got := m.Pending("t"); got != 1 {
+		t.Fatalf("Pending = %d: the second Settle of a delivery must do nothing, want 1", got)
+	}
+	// Settle(true) removes it.
+	settleA2 := detach(t, a2)
+	if err := settleA2(true); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Pending("t"); got != 0 {
+		t.Fatalf("Pending = %d after Settle(true), want 0", got)
+	}
+	// Nothing else arrives, and the topic works on.
+	if err := m.Publish("t", msg("d")); err != nil {
+		t.Fatal(err)
+	}
+	if d := recv(t, ch); string(d.Payload) != "d" {
+		t.Fatalf("got %q, want d", d.Payload)
+	} else {
+		d.Ack()
+	}
+	testenv.WaitFor(t, wait, "topic empty", func() bool { return m.Pending("t") == 0 })
+}
+
+func TestMemoryDetachedCountsTowardsMaxPending(t *testing.T) {
+	t.Parallel()
+	m := newMemory(t, 2)
+	for _, b := range []string{"a", "b"} {
+		if err := m.Publish("t", msg(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := m.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	settleA := detach(t, recv(t, ch))
+	b := recv(t, ch)
+	if err := m.Publish("t", msg("c")); !errors.Is(err, transports.ErrTopicFull) {
+		t.Fatalf("Publish with a detached and b in flight (limit 2): err = %v, want ErrTopicFull", err)
+	}
+	if err := settleA(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Publish("t", msg("c")); err != nil {
+		t.Fatalf("Publish after a was settled: %v", err)
+	}
+	b.Ack()
+	if c := recv(t, ch); string(c.Payload) != "c" {
+		t.Fatalf("got %q, want c", c.Payload)
+	} else {
+		c.Ack()
+	}
+	testenv.WaitFor(t, wait, "topic empty", func() bool { return m.Pending("t") == 0 })
+}
+
+// A message counts as delivered once one subscriber acked it, even if
+// another one detached it and hands it back.
+func TestMemoryDetachFanOut(t *testing.T) {
+	t.Parallel()
+	m := newMemory(t, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch1, err := m.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch2, err := m.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Publish("t", msg("x")); err != nil {
+		t.Fatal(err)
+	}
+	settle1 := detach(t, recv(t, ch1))
+	recv(t, ch2).Ack()
+	testenv.WaitFor(t, wait, "x delivered", func() bool { return m.Pending("t") == 0 })
+	if err := settle1(false); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Pending("t"); got != 0 {
+		t.Fatalf("Pending = %d: handing back a message another subscriber acked must not bring it back", got)
+	}
+	if err := m.Publish("t", msg("y")); err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range []<-chan *message.Message{ch1, ch2} {
+		if got := recv(t, ch); string(got.Payload) != "y" {
+			t.Fatalf("got %q, want y (x must not come back)", got.Payload)
+		} else {
+			got.Ack()
+		}
+	}
+}
+
+// Not parallel: it counts goroutines.
+func TestMemoryCloseWithDetachedMessages(t *testing.T) {
+	before := runtime.NumGoroutine()
+	m, err := transports.NewMemory(transports.MemoryConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := m.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"a", "b", "c"} {
+		if err := m.Publish("t", msg(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settleA := detach(t, recv(t, ch))
+	settleB := detach(t, recv(t, ch))
+	c := recv(t, ch) // in hand, neither acked nor detached
+	if got := m.Pending("t"); got != 3 {
+		t.Fatalf("Pending = %d, want 3", got)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(wait):
+		t.Fatal("Close did not return with detached messages outstanding")
+	}
+	if err := settleA(true); !errors.Is(err, transports.ErrClosed) {
+		t.Fatalf("Settle after Close: err = %v, want ErrClosed", err)
+	}
+	if err := settleB(false); !errors.Is(err, transports.ErrClosed) {
+		t.Fatalf("Settle after Close: err = %v, want ErrClosed", err)
+	}
+	if err := settleA(false); err != nil {
+		t.Fatalf("second Settle after Close: %v, want nil", err)
+	}
+	if _, _, err := transports.Detach(c); !errors.Is(err, transports.ErrClosed) {
+		t.Fatalf("Detach after Close: err = %v, want ErrClosed", err)
+	}
+	c.Ack()
+	for range ch {
+	}
+	testenv.WaitFor(t, wait, "goroutines back to the count before the transport", func() bool {
+		return runtime.NumGoroutine() <= before
+	})
+}

@@ -18,15 +18,37 @@
 //     is dead-lettered with its retries unchanged;
 //   - a body without expires is applied (django-cqrs's worker crashes on it).
 //
+// # Holding failed messages
+//
+// Like django-cqrs's delay queue, a failed message is held without stopping
+// the flow of the messages behind it: when the transport supports
+// [transports.Detach], the message is detached from its subscription (the
+// broker keeps it unacknowledged) and a goroutine holds it for RetryDelay,
+// publishes the retries+1 copy and then acks it on the broker (or hands it
+// back when the copy cannot be published), while the handler returns at
+// once and the next message is consumed. A poison message therefore delays
+// nothing but its own retries. At most Options.DelayQueueMaxSize messages
+// are held that way; when that many are held, or when the transport cannot
+// detach, a failed message is held inside its router handler instead, which
+// blocks its subscription for RetryDelay (django-cqrs, with a full delay
+// queue, instead republishes the held message that is due first at once).
+//
+// A message held for a retry lets later messages of the same entity pass
+// it. The revision check makes that safe, as with django-cqrs: when a newer
+// revision of the entity is applied meanwhile, the retry copy of the older
+// one arrives later and is skipped as stale.
+//
 // A body whose keys are all present but hold values of the wrong type
 // (retries "abc", expires not a datetime, ...) cannot be retried with a new
 // retries count; it is dead-lettered as received.
 //
 // Copies differ from the received body only in retries (they are re-encoded
 // with wire.Encode, so expires is written in its normal form). When a copy
-// cannot be published, the original is nacked after RetryDelay so the broker
-// keeps it. On shutdown a message held for a retry is nacked as well; a
-// message being applied is finished first.
+// cannot be published, the original is handed back to the broker (a message
+// held in its handler after a further RetryDelay, so that a broker
+// redelivering at once is not hammered). On shutdown every message held for
+// a retry is handed back to the broker, nothing is lost; a message being
+// applied is finished first.
 //
 // Retries are the consumer's own: the Watermill router runs without retry
 // middleware.
@@ -39,6 +61,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +85,10 @@ const (
 	DefaultMaxRetries     = 30
 	DefaultRetryDelay     = 2 * time.Second
 	DefaultDeadMessageTTL = 864000 * time.Second
+	// DefaultDelayQueueMaxSize bounds the failed messages held for their
+	// retry without blocking a subscription (django-cqrs's
+	// replica.delay_queue_max_size, which is unbounded by default there).
+	DefaultDelayQueueMaxSize = 1000
 )
 
 // Options configure a [Consumer].
@@ -78,6 +105,14 @@ type Options struct {
 	// RetryDelay is how long a failed message is held before its requeue;
 	// 0 means DefaultRetryDelay (2 s).
 	RetryDelay time.Duration
+	// DelayQueueMaxSize is how many failed messages may be held for their
+	// retry at once without blocking their subscription (django-cqrs's
+	// replica.delay_queue_max_size). Beyond it a failed message is held in
+	// its router handler, which stops its subscription for RetryDelay. 0
+	// means DefaultDelayQueueMaxSize (1000); negative is an error. Every held
+	// message stays unacknowledged on the broker, so a RabbitMQ prefetch
+	// must leave room for them.
+	DelayQueueMaxSize int
 	// DeadMessageTTL is the expiration dead letters carry (AMQP expiration,
 	// in ms, as transports.MetaExpiration metadata); 0 means
 	// DefaultDeadMessageTTL (10 days), negative means none.
@@ -109,6 +144,13 @@ type Consumer struct {
 	started atomic.Bool
 	running chan struct{}
 	stats   counters
+
+	// Messages held for their retry outside the router handler (held.go).
+	slots      chan struct{}   // one token per held message, DelayQueueMaxSize at most
+	holdCtx    context.Context // set by Run; cancelled once its router has stopped
+	heldMu     sync.Mutex
+	heldClosed bool           // Run is ending: hold no more messages
+	held       sync.WaitGroup // held goroutines
 }
 
 // New checks opts and returns a consumer of tr's messages for reg's replica
@@ -147,6 +189,13 @@ func New(tr transports.Transport, reg *registry.Registry, ap Applier, opts Optio
 	if ttl == 0 {
 		ttl = DefaultDeadMessageTTL
 	}
+	delayMax := opts.DelayQueueMaxSize
+	switch {
+	case delayMax == 0:
+		delayMax = DefaultDelayQueueMaxSize
+	case delayMax < 0:
+		return nil, fmt.Errorf("consumer: delay_queue_max_size must not be negative, got %d", delayMax)
+	}
 	ids, err := consumedIDs(reg, opts.CQRSIDs)
 	if err != nil {
 		return nil, err
@@ -165,6 +214,7 @@ func New(tr transports.Transport, reg *registry.Registry, ap Applier, opts Optio
 		log:        opts.Logger,
 		now:        opts.Now,
 		running:    make(chan struct{}),
+		slots:      make(chan struct{}, delayMax),
 	}
 	for _, id := range ids {
 		c.consumed[id] = true
@@ -220,8 +270,9 @@ func (c *Consumer) Running() <-chan struct{} { return c.running }
 
 // Run declares the replica's subscriptions, starts one router handler per
 // subscription (named "<cqrs_id>.broadcast" / "<cqrs_id>.direct") and
-// consumes until ctx is cancelled. It returns nil after a clean shutdown, once
-// the messages being applied are done; an error when the subscriptions
+// consumes until ctx is cancelled. It returns nil after a clean shutdown,
+// once the messages being applied are done and every message held for a
+// retry was handed back to the broker; an error when the subscriptions
 // cannot be set up or end while ctx is still live (e.g. the transport was
 // closed). Run may be called once.
 func (c *Consumer) Run(ctx context.Context) error {
@@ -249,6 +300,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		router.AddConsumerHandler(name, s.Topic, sub, c.handler(s))
 	}
+	// Held messages are handed back only once the router has stopped: a
+	// subscription still running would get them again at once.
+	holdCtx, stopHolding := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHolding()
+	c.holdCtx = holdCtx
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -258,7 +314,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 		case <-done:
 		}
 	}()
-	if err := router.Run(ctx); err != nil {
+	err = router.Run(ctx)
+	// The subscriptions are closed: held messages go back to the broker,
+	// however the router ended.
+	stopHolding()
+	c.waitHeld()
+	if err != nil {
 		return fmt.Errorf("consumer: queue %q: %w", c.queue, err)
 	}
 	if ctx.Err() == nil {

@@ -64,7 +64,7 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 	if p.Retries >= c.maxRetries {
 		return c.deadLetter(ctx, p, attrs, "retries exhausted")
 	}
-	return c.requeue(ctx, p, attrs)
+	return c.requeue(ctx, msg, p, attrs)
 }
 
 // undecodable handles a body wire.Decode rejected.
@@ -150,28 +150,41 @@ func (c *Consumer) applied(res replica.Result, attrs []any) {
 	c.log.Info(msg, attrs...)
 }
 
-// requeue holds p for RetryDelay, then publishes a copy with retries+1 on
-// the replica's own key. The original is acked once the copy is out.
-func (c *Consumer) requeue(ctx context.Context, p *wire.Payload, attrs []any) error {
-	c.log.Info("CQRS is delayed", append(attrs, "delay", c.retryDelay.String())...)
+// requeue holds msg (decoded as p) for RetryDelay, then publishes a copy with
+// retries+1 on the replica's own key; the original is acked once the copy is
+// out. The hold is detached from the subscription when possible (held.go);
+// otherwise it happens here, blocking the subscription.
+func (c *Consumer) requeue(ctx context.Context, msg *message.Message, p *wire.Payload, attrs []any) error {
+	if c.holdDetached(msg, p, attrs) {
+		return nil // the router's ack no longer reaches the broker
+	}
 	if err := hold(ctx, c.retryDelay); err != nil {
 		c.stats.nacked.Add(1)
 		c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs...)
 		return errNack
 	}
+	if err := c.publishRequeue(p, attrs); err != nil {
+		return c.nackAfterDelay(ctx, err, attrs)
+	}
+	return nil
+}
+
+// publishRequeue publishes p's copy with retries+1 on the replica's own key
+// and counts it as requeued.
+func (c *Consumer) publishRequeue(p *wire.Payload, attrs []any) error {
 	cp := *p
 	cp.Retries = p.Retries + 1
 	body, err := wire.Encode(&cp)
 	if err != nil {
 		// Decode's output always encodes; this is a bug, not a bad message.
-		return c.nackAfterDelay(ctx, fmt.Errorf("encode requeue copy: %w", err), attrs)
+		return fmt.Errorf("encode requeue copy: %w", err)
 	}
 	key := transports.DirectKey(c.queue, p.CQRSID)
 	// Counted before publishing: the copy may be consumed before Publish returns.
 	c.stats.requeued.Add(1)
 	if err := c.pub.Publish(key, message.NewMessage(watermill.NewUUID(), body)); err != nil {
 		c.stats.requeued.Add(-1)
-		return c.nackAfterDelay(ctx, fmt.Errorf("publish requeue copy on %q: %w", key, err), attrs)
+		return fmt.Errorf("publish requeue copy on %q: %w", key, err)
 	}
 	c.log.Warn("CQRS is requeued", append(attrs, "requeue_routing_key", key, "requeue_retries", cp.Retries)...)
 	return nil

@@ -36,6 +36,9 @@ type published struct {
 type recorder struct {
 	transports.Transport
 	subs func(queue, dlq string, ids []string) ([]transports.Subscription, error)
+	// onPublish, if set, sees each message just before it is published
+	// (also when publishing then fails), in publish order.
+	onPublish func(published)
 
 	mu  sync.Mutex
 	out []published
@@ -59,17 +62,25 @@ func (r *recorder) sent() []published {
 type recordingPublisher struct{ r *recorder }
 
 func (p recordingPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if err := p.r.Transport.Publisher().Publish(topic, msgs...); err != nil {
-		return err
-	}
+	// Recorded before, and locked across, the publish: whatever consuming
+	// these messages makes the consumer publish or apply is recorded after
+	// them. A failed publish is removed from sent() again.
 	p.r.mu.Lock()
 	defer p.r.mu.Unlock()
+	n := len(p.r.out)
 	for _, m := range msgs {
 		md := map[string]string{}
 		for k, v := range m.Metadata {
 			md[k] = v
 		}
 		p.r.out = append(p.r.out, published{Topic: topic, Body: string(m.Payload), Metadata: md})
+		if p.r.onPublish != nil {
+			p.r.onPublish(p.r.out[len(p.r.out)-1])
+		}
+	}
+	if err := p.r.Transport.Publisher().Publish(topic, msgs...); err != nil {
+		p.r.out = p.r.out[:n]
+		return err
 	}
 	return nil
 }
