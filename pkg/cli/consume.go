@@ -79,18 +79,27 @@ func runConsume(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	consumers := *workers
+	if cfg.Transport == transports.KafkaName {
+		// One consumer-group member; -w sets how many partitions it works
+		// on at once (each partition stays in order).
+		if cfg.Kafka.Workers == 0 {
+			cfg.Kafka.Workers = *workers
+		}
+		consumers = 1
+	}
 	tr, err := cqrs.NewTransport(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
-	if tr.Name() == transports.MemoryName && *workers > 1 {
-		logger.Warn("the memory transport fans every message out to every subscriber: running 1 worker", "asked", *workers)
-		*workers = 1
+	if tr.Name() == transports.MemoryName && consumers > 1 {
+		logger.Warn("the memory transport fans every message out to every subscriber: running 1 worker", "asked", consumers)
+		consumers = 1
 	}
 	opts := consumerOptions(cfg, ids, logger)
 	logger.Info("cqrs-consume started", "queue", cfg.Queue, "transport", tr.Name(), "workers", *workers, "cqrs_ids", ids)
-	return superviseWorkers(ctx, *workers, *shutdown, logger, func() (*consumer.Consumer, error) {
+	return superviseWorkers(ctx, consumers, *shutdown, logger, func() (*consumer.Consumer, error) {
 		return consumer.New(tr, reg, eng, opts)
 	})
 }

@@ -20,6 +20,16 @@ func commands() map[string]command {
 		"version": {"print the gocqrs version", runVersion},
 		"migrate": {"create or upgrade the outbox and tombstone tables", runMigrate},
 		"relay":   {"publish the outbox until stopped (SIGINT/SIGTERM)", runRelay},
+
+		"sync":                 {"send SYNC messages for the master rows matching a filter", runSync},
+		"bulk-dump":            {"dump a master model in django-cqrs's bulk dump format", runBulkDump},
+		"bulk-load":            {"load a bulk dump into a replica model", runBulkLoad},
+		"diff-master":          {"revision diff, stage 1 (master): list [pk, revision] pairs", runDiffMaster},
+		"diff-replica":         {"revision diff, stage 2 (replica): list the pks to resync", runDiffReplica},
+		"diff-sync":            {"revision diff, stage 3 (master): send SYNCs for the listed pks", runDiffSync},
+		"deleted-diff-replica": {"deleted-rows diff, stage 1 (replica): list the replica pks", runDeletedDiffReplica},
+		"deleted-diff-master":  {"deleted-rows diff, stage 2 (master): list the pks gone on the master", runDeletedDiffMaster},
+		"deleted-sync-replica": {"deleted-rows diff, stage 3 (replica): delete the listed pks", runDeletedSyncReplica},
 	}
 }
 

@@ -38,6 +38,8 @@ type Config struct {
 	Queue string `mapstructure:"queue"`
 	// Memory configures the memory transport.
 	Memory transports.MemoryConfig `mapstructure:"memory"`
+	// Kafka configures the kafka transport (brokers may also come from url).
+	Kafka transports.KafkaConfig `mapstructure:"kafka"`
 	// Database is where this service's tables (and the outbox) live.
 	Database DatabaseConfig `mapstructure:"database"`
 	// Master configures the writing side.

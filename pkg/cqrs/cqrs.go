@@ -136,7 +136,15 @@ func NewTransport(ctx context.Context, cfg *Config, logger *slog.Logger) (Transp
 	return tr, nil
 }
 
-// TransportConfig returns the transport part of the configuration.
+// TransportConfig returns the transport part of the configuration. The
+// RabbitMQ prefetch is replica.delay_queue_max_size + 1, as in django-cqrs
+// (1001 by default).
 func (c *Config) TransportConfig() transports.Config {
-	return transports.Config{Transport: c.Transport, URL: c.URL, Exchange: c.Exchange, Memory: c.Memory}.WithDefaults()
+	tc := transports.Config{Transport: c.Transport, URL: c.URL, Exchange: c.Exchange, Memory: c.Memory}
+	tc.TLS = c.TLS
+	tc.Kafka = c.Kafka
+	if c.Replica.DelayQueueMaxSize > 0 {
+		tc.Prefetch = c.Replica.DelayQueueMaxSize + 1
+	}
+	return tc.WithDefaults()
 }

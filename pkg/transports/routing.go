@@ -32,4 +32,9 @@ const (
 	// a decimal string. The consumer sets it on dead letters
 	// (django-cqrs's dead_message_ttl, "864000000" by default).
 	MetaExpiration = "expiration"
+	// MetaDeadLetterReason says why a dead letter was dead-lettered
+	// ("expired", "retries exhausted", ...). Transports whose messages carry
+	// headers of gocqrs's own (Kafka) send it; RabbitMQ dead letters carry
+	// none, like django-cqrs's.
+	MetaDeadLetterReason = "dead_letter_reason"
 )

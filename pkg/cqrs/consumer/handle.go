@@ -203,6 +203,7 @@ func (c *Consumer) deadLetter(ctx context.Context, p *wire.Payload, attrs []any,
 func (c *Consumer) publishDeadLetter(ctx context.Context, cqrsID string, body []byte, attrs []any, reason string) error {
 	key := transports.DeadLetterKey(c.dlq, cqrsID)
 	m := message.NewMessage(watermill.NewUUID(), body)
+	m.Metadata.Set(transports.MetaDeadLetterReason, reason)
 	if c.ttl > 0 {
 		ms := c.ttl.Milliseconds()
 		if ms < 1 {

@@ -1,0 +1,235 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/gocqrs/gocqrs/pkg/cqrs"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
+)
+
+// The data commands (sync, bulk-dump, bulk-load, the diff and deleted-diff
+// stages) keep django-cqrs's flag names, stream formats and final messages,
+// so that an operator finds the same command lines and their stages can be
+// mixed with django-cqrs's management commands in one pipeline.
+
+// defaultBatch is django-cqrs's batch size for every data command.
+const defaultBatch = 10000
+
+// newDataFlags is newFlags with a description printed above the flags.
+func newDataFlags(env Env, name, usage, about string) *flag.FlagSet {
+	fs := newFlags(env, name, usage)
+	fs.Usage = func() {
+		fmt.Fprintf(env.Stderr, "Usage: %s\n\n%s\n\nFlags:\n", usage, strings.TrimSpace(about))
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// autoBool is a boolean flag that remembers whether it was given: --progress
+// left out means "decide from the terminal".
+type autoBool struct {
+	set, val bool
+}
+
+func (b *autoBool) String() string {
+	if b == nil || !b.set {
+		return "auto"
+	}
+	return strconv.FormatBool(b.val)
+}
+
+func (b *autoBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("want true or false, got %q", s)
+	}
+	b.set, b.val = true, v
+	return nil
+}
+
+// IsBoolFlag lets the flag be given without a value.
+func (b *autoBool) IsBoolFlag() bool { return true }
+
+// commonFlags are the flags every data command has.
+type commonFlags struct {
+	config   string
+	progress autoBool
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.config, "config", "", "configuration file (YAML or JSON; default $CQRS_CONFIG)")
+	const help = "show progress on stderr: a bar with rate and ETA on a terminal, plain count lines otherwise (default: a bar when stderr is a terminal)"
+	fs.Var(&c.progress, "progress", help)
+	fs.Var(&c.progress, "p", "same as --progress")
+}
+
+// batchFlag registers --batch and -b.
+func batchFlag(fs *flag.FlagSet, what string) *int {
+	b := fs.Int("batch", defaultBatch, what)
+	fs.IntVar(b, "b", defaultBatch, "same as --batch")
+	return b
+}
+
+// checkBatch rejects a batch size below 1.
+func checkBatch(n int) error {
+	if n < 1 {
+		return usagef("--batch %d: want at least 1", n)
+	}
+	return nil
+}
+
+// noArgs rejects positional arguments.
+func noArgs(fs *flag.FlagSet) error {
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// dataEnv is what every data command opens: the configuration, its logger,
+// the registry and the database.
+type dataEnv struct {
+	env    Env
+	cfg    *cqrs.Config
+	log    *slog.Logger
+	reg    *registry.Registry
+	db     *sqlx.DB
+	d      dialect.Dialect
+	closer []func()
+}
+
+func (de *dataEnv) Close() {
+	for i := len(de.closer) - 1; i >= 0; i-- {
+		de.closer[i]()
+	}
+}
+
+// loadDataEnv reads the configuration and builds the registry; the database
+// is opened later by open, once the arguments are checked.
+func loadDataEnv(env Env, cfgPath string) (*dataEnv, error) {
+	cfg, err := loadConfig(env, cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	logger, err := newLogger(env.Stderr, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := registryFor(env, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &dataEnv{env: env, cfg: cfg, log: logger, reg: reg}, nil
+}
+
+func (de *dataEnv) open(ctx context.Context) error {
+	db, d, err := openDB(ctx, de.cfg.Database)
+	if err != nil {
+		return err
+	}
+	de.db, de.d = db, d
+	de.closer = append(de.closer, func() { db.Close() })
+	return nil
+}
+
+// unknownModel describes a cqrs_id the registry does not have.
+func unknownModel(role, id string, known []string) string {
+	list := "none declared"
+	if len(known) > 0 {
+		list = "known: " + strings.Join(known, ", ")
+	}
+	return fmt.Sprintf("no %s model with cqrs_id %q (%s)", role, id, list)
+}
+
+// masterFor checks that id is a master model; where names the source of
+// the id for the error ("--cqrs-id" is a usage error, a stream line is not).
+func (de *dataEnv) masterFor(id, where string) error {
+	if _, ok := de.reg.Master(id); ok {
+		return nil
+	}
+	msg := unknownModel("master", id, de.reg.MasterIDs())
+	if where == "--cqrs-id" {
+		return usagef("--cqrs-id: %s", msg)
+	}
+	return fmt.Errorf("%s: %s", where, msg)
+}
+
+// replicaFor is masterFor for replica models.
+func (de *dataEnv) replicaFor(id, where string) error {
+	if _, ok := de.reg.Replica(id); ok {
+		return nil
+	}
+	msg := unknownModel("replica", id, de.reg.ReplicaIDs())
+	if where == "--cqrs-id" {
+		return usagef("--cqrs-id: %s", msg)
+	}
+	return fmt.Errorf("%s: %s", where, msg)
+}
+
+// newMaster opens the master over the database with the configuration's
+// master options; the master models are bound to their tables.
+func (de *dataEnv) newMaster(ctx context.Context) (*master.Master, error) {
+	opts := []master.Option{master.WithLogger(de.log), master.WithMessageTTL(de.cfg.Master.MessageTTL.Or(master.DefaultMessageTTL))}
+	if de.cfg.Master.OutboxTable != "" {
+		opts = append(opts, master.WithOutboxTable(de.cfg.Master.OutboxTable))
+	}
+	return master.New(ctx, de.db, de.reg, opts...)
+}
+
+// bindReplicas binds the replica models to their tables without the
+// engine (the diff stages only read).
+func (de *dataEnv) bindReplicas(ctx context.Context) error {
+	return de.reg.Bind(ctx, de.db, de.d, false)
+}
+
+// newEngine opens the replica engine with the configuration's options.
+func (de *dataEnv) newEngine(ctx context.Context) (*replica.Engine, error) {
+	return replica.NewEngine(ctx, de.db, de.d, de.reg, replica.Options{
+		Queue: de.cfg.Queue, DjangoCompat: de.cfg.Replica.DjangoCompat, Logger: de.log,
+	})
+}
+
+// masterTable returns the SQL names of a bound master model.
+func (de *dataEnv) masterTable(id string) (*tableRef, error) {
+	mm, _ := de.reg.Master(id)
+	var fields []tableField
+	for _, f := range mm.Fields {
+		fields = append(fields, tableField{key: f.Name, column: f.ColumnName(), kind: f.Kind})
+	}
+	return newTableRef(de.d, id, mm.Table, mm.PK, mm.RevisionColumn, mm.UpdatedColumn, fields)
+}
+
+// replicaTable returns the SQL names of a bound replica model.
+func (de *dataEnv) replicaTable(id string) (*tableRef, error) {
+	rm, _ := de.reg.Replica(id)
+	if rm.IsRaw() {
+		return nil, fmt.Errorf("replica model %q has no table (raw handlers): nothing to compare or delete", id)
+	}
+	var fields []tableField
+	for _, f := range rm.Fields {
+		fields = append(fields, tableField{key: f.Name, column: f.ColumnName(), kind: f.Kind})
+	}
+	return newTableRef(de.d, id, rm.Table, rm.PK, rm.RevisionColumn, rm.UpdatedColumn, fields)
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

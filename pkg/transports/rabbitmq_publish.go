@@ -1,0 +1,234 @@
+package transports
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrUnroutable is returned (wrapped) by [RabbitMQ.Publish] when the broker
+// returned messages as unroutable (basic.return: no queue is bound to the
+// routing key). The broker dropped them.
+var ErrUnroutable = errors.New("rabbitmq transport: message unroutable")
+
+// ErrNacked is returned (wrapped) by [RabbitMQ.Publish] when the broker
+// refused messages (publisher-confirm nack, e.g. a full queue with
+// x-overflow reject-publish).
+var ErrNacked = errors.New("rabbitmq transport: message nacked by the broker")
+
+// ErrNotConfirmed is returned (wrapped) by [RabbitMQ.Publish] when the
+// broker's confirms did not arrive: the channel or connection was lost, or
+// [ConfirmTimeout] passed. The messages may or may not have been routed.
+var ErrNotConfirmed = errors.New("rabbitmq transport: publish not confirmed")
+
+// ConfirmTimeout bounds how long [RabbitMQ.Publish] waits for the broker's
+// confirms of one call.
+const ConfirmTimeout = 30 * time.Second
+
+// Publishing channels per transport: Publish calls beyond this many wait
+// for a free one.
+const rabbitPublishChannels = 4
+
+// returnsBuffer is the capacity of a publishing channel's basic.return
+// queue. amqp091 blocks the connection's reader while it is full, so
+// Publish also drains it while publishing.
+const returnsBuffer = 1024
+
+// pubChannel is one publishing channel in confirm mode. It is used by one
+// Publish call at a time, so every basic.return that arrives while a call
+// waits for its confirms belongs to that call: RabbitMQ sends a message's
+// basic.return before the basic.ack that confirms it, and amqp091 hands
+// both out in that order.
+type pubChannel struct {
+	ch      *amqp.Channel
+	returns chan amqp.Return
+}
+
+// Publish sends msgs to the exchange with topic as routing key and returns
+// once the broker confirmed all of them. Messages go out as django-cqrs
+// sends them: persistent (delivery mode 2), content type "text/plain", no
+// headers and no other property, except an AMQP expiration when the message
+// has metadata [MetaExpiration] (milliseconds). Other metadata is not sent.
+// Every message is published with the mandatory flag; the call then waits
+// for all confirms. It fails, wrapping [ErrUnroutable] (a basic.return:
+// nothing is bound to topic) or [ErrNacked] (the broker refused one), or
+// [ErrNotConfirmed], [ErrNotConnected] or [ErrRabbitMQClosed]; some
+// messages of a failed call may have been delivered.
+//
+// The wait ends early when the first message's context is cancelled.
+// Publish is safe for concurrent use (up to 4 calls run at once, each on its
+// own channel).
+func (r *RabbitMQ) Publish(topic string, msgs ...*message.Message) error {
+	if topic == "" {
+		return errors.New("transports: rabbitmq: publish: empty topic (routing key)")
+	}
+	if len(topic) > 255 {
+		return fmt.Errorf("transports: rabbitmq: publish: routing key %q is longer than 255 bytes", topic)
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	pubs := make([]amqp.Publishing, len(msgs))
+	for i, msg := range msgs {
+		p, err := publishing(msg)
+		if err != nil {
+			return fmt.Errorf("transports: rabbitmq: publish to %q: message %d (%s): %w", topic, i, msg.UUID, err)
+		}
+		pubs[i] = p
+	}
+	ctx := msgs[0].Context()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("transports: rabbitmq: publish to %q: %w", topic, err)
+	}
+
+	var pc *pubChannel
+	select {
+	case pc = <-r.pubPool:
+	case <-r.closing:
+		return fmt.Errorf("transports: rabbitmq: publish to %q: %w", topic, ErrRabbitMQClosed)
+	case <-ctx.Done():
+		return fmt.Errorf("transports: rabbitmq: publish to %q: %w", topic, ctx.Err())
+	}
+	defer func() { r.pubPool <- pc }()
+	if err := r.openPubChannel(pc); err != nil {
+		return fmt.Errorf("transports: rabbitmq: publish to %q: %w", topic, err)
+	}
+	if err := r.publishOn(ctx, pc, topic, pubs); err != nil {
+		return fmt.Errorf("transports: rabbitmq: publish %d message(s) to exchange %q: %w", len(pubs), r.s.exchange, err)
+	}
+	return nil
+}
+
+// publishing turns msg into django-cqrs's AMQP properties.
+func publishing(msg *message.Message) (amqp.Publishing, error) {
+	p := amqp.Publishing{
+		ContentType:  "text/plain",
+		DeliveryMode: amqp.Persistent,
+		Body:         msg.Payload,
+	}
+	if exp := msg.Metadata.Get(MetaExpiration); exp != "" {
+		for _, c := range exp {
+			if c < '0' || c > '9' {
+				return p, fmt.Errorf("metadata %q: %q is not a number of milliseconds", MetaExpiration, exp)
+			}
+		}
+		p.Expiration = exp
+	}
+	return p, nil
+}
+
+// openPubChannel makes sure pc has an open channel in confirm mode on the
+// current connection, with the exchange declared.
+func (r *RabbitMQ) openPubChannel(pc *pubChannel) error {
+	if pc.ch != nil && !pc.ch.IsClosed() {
+		return nil
+	}
+	pc.ch, pc.returns = nil, nil
+	conn, err := r.conn.current()
+	if err != nil {
+		return err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return fmt.Errorf("enable publisher confirms: %w", err)
+	}
+	returns := ch.NotifyReturn(make(chan amqp.Return, returnsBuffer))
+	if err := declareExchange(ch, r.s.exchange); err != nil {
+		_ = ch.Close()
+		return err
+	}
+	pc.ch, pc.returns = ch, returns
+	return nil
+}
+
+// discard drops pc's channel after a call that did not see all its
+// confirms: late returns and confirms must not reach the next call.
+func (pc *pubChannel) discard() {
+	if pc.ch != nil {
+		go pc.ch.Close() //nolint:errcheck // best effort; the channel may already be gone
+	}
+	pc.ch, pc.returns = nil, nil
+}
+
+// publishOn publishes pubs on pc and waits for every confirm.
+func (r *RabbitMQ) publishOn(ctx context.Context, pc *pubChannel, topic string, pubs []amqp.Publishing) error {
+	var returned []amqp.Return
+	drain := func() {
+		for pc.returns != nil {
+			select {
+			case ret, ok := <-pc.returns:
+				if !ok {
+					pc.returns = nil
+					return
+				}
+				returned = append(returned, ret)
+			default:
+				return
+			}
+		}
+	}
+	confirms := make([]*amqp.DeferredConfirmation, 0, len(pubs))
+	for i, p := range pubs {
+		dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, r.s.exchange, topic, true, false, p)
+		if err != nil {
+			pc.discard()
+			return fmt.Errorf("routing key %q: message %d: %w: %w", topic, i, ErrNotConfirmed, err)
+		}
+		confirms = append(confirms, dc)
+		drain()
+	}
+
+	timeout := time.NewTimer(ConfirmTimeout)
+	defer timeout.Stop()
+	nacked := 0
+	for _, dc := range confirms {
+	wait:
+		for {
+			select {
+			case <-dc.Done():
+				break wait
+			case ret, ok := <-pc.returns:
+				if !ok {
+					pc.returns = nil
+					continue
+				}
+				returned = append(returned, ret)
+			case <-timeout.C:
+				pc.discard()
+				return fmt.Errorf("routing key %q: %w: no confirm within %s", topic, ErrNotConfirmed, ConfirmTimeout)
+			case <-ctx.Done():
+				pc.discard()
+				return fmt.Errorf("routing key %q: %w: %w", topic, ErrNotConfirmed, ctx.Err())
+			}
+		}
+		if !dc.Acked() {
+			nacked++
+		}
+	}
+	// Every return of these messages came before its confirm: it is queued.
+	drain()
+	if nacked > 0 && pc.ch.IsClosed() {
+		// amqp091 nacks what is pending when the channel closes.
+		pc.discard()
+		return fmt.Errorf("routing key %q: %w: channel closed with %d of %d confirm(s) missing: %w",
+			topic, ErrNotConfirmed, nacked, len(pubs), amqp.ErrClosed)
+	}
+	var errs []error
+	if len(returned) > 0 {
+		ret := returned[0]
+		errs = append(errs, fmt.Errorf("routing key %q: %w: %d of %d message(s) returned by the broker (%d %s)",
+			topic, ErrUnroutable, len(returned), len(pubs), ret.ReplyCode, ret.ReplyText))
+	}
+	if nacked > 0 {
+		errs = append(errs, fmt.Errorf("routing key %q: %w: %d of %d message(s)", topic, ErrNacked, nacked, len(pubs)))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,369 @@
+package transports
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrRequeued is returned (wrapped) by the [Settle] of a detached rabbitmq
+// message that can no longer be acked: its channel was lost or its
+// subscription ended, and the broker has taken the message back (it will be
+// delivered again).
+var ErrRequeued = errors.New("rabbitmq transport: message already handed back to the broker")
+
+// Subscribe consumes the queue named topic (a replica queue declared by
+// [RabbitMQ.ReplicaSubscriptions], or any existing queue) with the
+// configured prefetch and manual acks. Each message carries the delivery's
+// routing key as metadata [MetaRoutingKey] and the body as payload; its UUID
+// is the AMQP message_id when there is one, a new UUID otherwise. AMQP
+// headers of any type become metadata (strings as they are, other values
+// printed with fmt).
+//
+// Messages come one at a time: the next one is sent when the previous one is
+// acked (basic.ack), nacked (basic.nack with requeue) or detached
+// ([Detach]); a detached message stays unacknowledged on the broker until
+// its [Settle] is called.
+//
+// When the connection is lost, the subscription waits for the transport to
+// reconnect and consumes again (re-declaring the replica topology the
+// transport declared for this queue); the broker redelivers what was not
+// acked, and a later Settle of a detached message fails with [ErrRequeued].
+//
+// When ctx is cancelled, the subscription stops consuming, waits until the
+// message in hand (if any) is acked or nacked, nacks (requeues) the detached
+// messages not settled yet, closes its channel (the broker requeues any
+// prefetched message) and closes the returned channel. [RabbitMQ.Close] ends
+// it at once, without waiting for the message in hand. The messages'
+// context is cancelled when the subscription ends.
+//
+// Subscribe fails when the transport is not connected or the queue cannot be
+// consumed (it does not exist, say).
+func (r *RabbitMQ) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if topic == "" {
+		return nil, errors.New("transports: rabbitmq: subscribe: empty topic (queue name)")
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("transports: rabbitmq: subscribe to queue %q: %w", topic, ErrRabbitMQClosed)
+	}
+	r.subs.Add(1)
+	r.mu.Unlock()
+
+	conn, err := r.conn.current()
+	if err == nil {
+		var sess *rabbitSession
+		if sess, err = r.startConsumer(conn, topic, false); err == nil {
+			sctx, cancel := context.WithCancel(ctx)
+			stop := context.AfterFunc(r.life, cancel)
+			s := &rabbitSub{
+				r:      r,
+				queue:  topic,
+				ctx:    sctx,
+				cancel: func() { stop(); cancel() },
+				out:    make(chan *message.Message),
+				log:    r.log.With("queue", topic),
+			}
+			go s.run(sess)
+			return s.out, nil
+		}
+	}
+	r.subs.Done()
+	return nil, fmt.Errorf("transports: rabbitmq: subscribe to queue %q: %w", topic, err)
+}
+
+// startConsumer opens a channel on conn and consumes queue on it,
+// re-declaring the queue's replica topology first when redeclare is set and
+// the transport declared one.
+func (r *RabbitMQ) startConsumer(conn *amqp.Connection, queue string, redeclare bool) (*rabbitSession, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	fail := func(err error) (*rabbitSession, error) {
+		_ = ch.Close()
+		return nil, err
+	}
+	if redeclare {
+		if rt, ok := r.topologyOf(queue); ok {
+			if err := rt.declare(ch); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if err := ch.Qos(r.s.prefetch, 0, false); err != nil {
+		return fail(fmt.Errorf("set prefetch %d: %w", r.s.prefetch, err))
+	}
+	tag := "gocqrs." + watermill.NewShortUUID()
+	deliveries, err := ch.Consume(queue, tag, false, false, false, false, nil)
+	if err != nil {
+		return fail(fmt.Errorf("consume: %w", err))
+	}
+	return &rabbitSession{ch: ch, tag: tag, deliveries: deliveries, detached: map[uint64]*rabbitHeld{}}, nil
+}
+
+// rabbitSub is one Subscribe call.
+type rabbitSub struct {
+	r      *RabbitMQ
+	queue  string
+	ctx    context.Context // ends with the subscription
+	cancel func()
+	out    chan *message.Message
+	log    *slog.Logger
+}
+
+// rabbitSession is one channel consuming the queue; its deliveries can be
+// settled on it only.
+type rabbitSession struct {
+	ch         *amqp.Channel
+	tag        string
+	deliveries <-chan amqp.Delivery
+
+	mu       sync.Mutex
+	detached map[uint64]*rabbitHeld // by delivery tag
+	ended    bool
+}
+
+type heldState int
+
+const (
+	heldPending  heldState = iota // handed out, waiting for Ack, Nack or Detach
+	heldSettled                   // acked or nacked on the broker
+	heldDetached                  // detached, waiting for its Settle
+	heldReleased                  // handed back to the broker unsettled
+)
+
+// rabbitHeld is one delivery handed out as a Watermill message.
+type rabbitHeld struct {
+	sess     *rabbitSession
+	d        amqp.Delivery
+	msg      *message.Message
+	queue    string
+	log      *slog.Logger
+	state    heldState // guarded by sess.mu
+	detachCh chan struct{}
+}
+
+func (s *rabbitSub) run(sess *rabbitSession) {
+	defer s.r.subs.Done()
+	defer close(s.out)
+	defer s.cancel()
+	for {
+		stop := s.consume(sess)
+		s.end(sess)
+		if stop {
+			return
+		}
+		if sess = s.reopen(); sess == nil {
+			return
+		}
+	}
+}
+
+// consume hands out sess's deliveries one at a time. It returns true when
+// the subscription ends, false when the channel was lost.
+func (s *rabbitSub) consume(sess *rabbitSession) (stop bool) {
+	for {
+		var d amqp.Delivery
+		var ok bool
+		select {
+		case <-s.ctx.Done():
+			return true
+		case d, ok = <-sess.deliveries:
+		}
+		if !ok {
+			if s.ctx.Err() != nil {
+				return true
+			}
+			reason := "consumer cancelled by the broker"
+			if sess.ch.IsClosed() {
+				reason = "channel lost"
+			}
+			s.log.Warn("rabbitmq: subscription interrupted; consuming again", "reason", reason)
+			return false
+		}
+		h := s.hold(sess, d)
+		if s.ctx.Err() != nil { // both were ready: ending wins
+			h.finish(false)
+			return true
+		}
+		select {
+		case s.out <- h.msg:
+		case <-s.ctx.Done():
+			h.finish(false)
+			return true
+		}
+		// The message in hand is finished even when ctx ends now.
+		select {
+		case <-h.msg.Acked():
+			h.finish(true)
+		case <-h.msg.Nacked():
+			h.finish(false)
+		case <-h.detachCh:
+		case <-s.r.closing:
+			return true
+		}
+	}
+}
+
+// hold wraps d as a Watermill message with a DetachFunc in its context.
+func (s *rabbitSub) hold(sess *rabbitSession, d amqp.Delivery) *rabbitHeld {
+	id := d.MessageId
+	if id == "" {
+		id = watermill.NewUUID()
+	}
+	msg := message.NewMessage(id, d.Body)
+	for k, v := range d.Headers {
+		msg.Metadata.Set(k, headerText(v))
+	}
+	msg.Metadata.Set(MetaRoutingKey, d.RoutingKey)
+	h := &rabbitHeld{sess: sess, d: d, msg: msg, queue: s.queue, log: s.log, detachCh: make(chan struct{})}
+	msg.SetContext(WithDetach(s.ctx, h.detach))
+	return h
+}
+
+// headerText renders an AMQP header value of any type as metadata.
+func headerText(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case []byte:
+		return string(x)
+	default:
+		return fmt.Sprint(x)
+	}
+}
+
+// finish acks or nacks (requeue) the delivery for its Watermill Ack/Nack,
+// unless it was detached or handed back meanwhile.
+func (h *rabbitHeld) finish(ack bool) {
+	h.sess.mu.Lock()
+	if h.state != heldPending {
+		h.sess.mu.Unlock()
+		return
+	}
+	h.state = heldSettled
+	h.sess.mu.Unlock()
+	if err := h.apply(ack); err != nil {
+		h.log.Debug("rabbitmq: could not settle a message; the broker delivers it again",
+			"ack", ack, "error", err.Error())
+	}
+}
+
+func (h *rabbitHeld) apply(ack bool) error {
+	if ack {
+		return h.d.Ack(false)
+	}
+	return h.d.Nack(false, true)
+}
+
+// detach is the message's DetachFunc.
+func (h *rabbitHeld) detach() (Settle, error) {
+	select {
+	case <-h.msg.Acked():
+		return nil, fmt.Errorf("transports: rabbitmq: detach message %s: already acked", h.msg.UUID)
+	case <-h.msg.Nacked():
+		return nil, fmt.Errorf("transports: rabbitmq: detach message %s: already nacked", h.msg.UUID)
+	default:
+	}
+	s := h.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case h.state == heldDetached:
+		return nil, fmt.Errorf("transports: rabbitmq: detach message %s: already detached", h.msg.UUID)
+	case h.state != heldPending || s.ended:
+		return nil, fmt.Errorf("transports: rabbitmq: detach message %s: %w", h.msg.UUID, ErrRequeued)
+	}
+	h.state = heldDetached
+	s.detached[h.d.DeliveryTag] = h
+	close(h.detachCh)
+	return h.settle, nil
+}
+
+// settle is a detached message's Settle.
+func (h *rabbitHeld) settle(ack bool) error {
+	s := h.sess
+	s.mu.Lock()
+	st := h.state
+	if st == heldDetached {
+		h.state = heldSettled
+		delete(s.detached, h.d.DeliveryTag)
+	}
+	s.mu.Unlock()
+	switch st {
+	case heldSettled:
+		return nil
+	case heldReleased:
+		if ack {
+			return fmt.Errorf("transports: rabbitmq: ack message %s from queue %q: %w", h.msg.UUID, h.queue, ErrRequeued)
+		}
+		return nil
+	}
+	if err := h.apply(ack); err != nil {
+		if !ack {
+			return nil // a lost channel hands it back as well
+		}
+		return fmt.Errorf("transports: rabbitmq: ack message %s from queue %q: %w: %w", h.msg.UUID, h.queue, ErrRequeued, err)
+	}
+	return nil
+}
+
+// end gives sess up: its detached messages are handed back, the consumer is
+// cancelled and the channel closed, so the broker requeues everything
+// unacknowledged on it.
+func (s *rabbitSub) end(sess *rabbitSession) {
+	sess.mu.Lock()
+	sess.ended = true
+	held := make([]*rabbitHeld, 0, len(sess.detached))
+	for _, h := range sess.detached {
+		h.state = heldReleased
+		held = append(held, h)
+	}
+	sess.detached = map[uint64]*rabbitHeld{}
+	sess.mu.Unlock()
+	if sess.ch.IsClosed() {
+		return
+	}
+	_ = sess.ch.Cancel(sess.tag, false)
+	for _, h := range held {
+		_ = h.d.Nack(false, true)
+	}
+	if len(held) > 0 {
+		s.log.Info("rabbitmq: handed detached messages back to the broker", "messages", len(held))
+	}
+	if err := sess.ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+		s.log.Debug("rabbitmq: close consumer channel", "error", err.Error())
+	}
+}
+
+// reopen consumes the queue again on the reconnected transport, with
+// backoff. nil means the subscription ended meanwhile.
+func (s *rabbitSub) reopen() *rabbitSession {
+	delay := reconnectMin
+	for attempt := 1; ; attempt++ {
+		conn, err := s.r.conn.await(s.ctx)
+		if err != nil {
+			return nil
+		}
+		sess, err := s.r.startConsumer(conn, s.queue, true)
+		if err == nil {
+			s.log.Info("rabbitmq: consuming again", "attempts", attempt)
+			return sess
+		}
+		s.log.Warn("rabbitmq: cannot consume yet; retrying", "attempt", attempt, "error", err.Error())
+		if !waitOrStop(s.ctx.Done(), rabbitJitter(delay)) {
+			return nil
+		}
+		delay = min(2*delay, reconnectMax)
+	}
+}
