@@ -39,7 +39,8 @@ var authorDDL = map[dialect.Name]string{
 type side struct {
 	t   *testing.T
 	db  *testenv.DB
-	cfg string // config file path
+	cfg string             // config file path
+	reg *registry.Registry // Go-declared models, if any
 }
 
 func dbConfig(db *testenv.DB) string {
@@ -79,7 +80,7 @@ func (s *side) run(stdin string, args ...string) run {
 func (s *side) runCtx(ctx context.Context, stdin string, args ...string) run {
 	s.t.Helper()
 	var out, errb bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errb, Stdin: strings.NewReader(stdin), Getenv: func(string) string { return "" }}
+	env := Env{Registry: s.reg, Stdout: &out, Stderr: &errb, Stdin: strings.NewReader(stdin), Getenv: func(string) string { return "" }}
 	full := append(append([]string{}, args...), "--config", s.cfg)
 	code := Cqrs(ctx, env, full)
 	return run{code, out.String(), errb.String()}

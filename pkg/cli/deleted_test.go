@@ -71,9 +71,9 @@ func TestDeletedSyncReplicaDjangoCompat(t *testing.T) {
 	if rows := r.rows("author_ref"); len(rows) != 0 {
 		t.Errorf("rows: %v", rows)
 	}
-	var n int
-	if err := db.QueryRowxContext(context.Background(), "SELECT COUNT(*) FROM cqrs_tombstones").Scan(&n); err != nil || n != 0 {
-		t.Errorf("tombstones: %d (%v)", n, err)
+	var n int // migrate makes no tombstone table with django_compat
+	if err := db.QueryRowxContext(context.Background(), "SELECT COUNT(*) FROM sqlite_master WHERE name LIKE '%tombstone%'").Scan(&n); err != nil || n != 0 {
+		t.Errorf("tombstone tables: %d (%v)", n, err)
 	}
 	if res := r.run("author\n"+frankLine, "bulk-load", "-i", "-"); res.code != ExitOK || len(r.rows("author_ref")) != 1 {
 		t.Errorf("row 6 does not come back: %+v", res)
