@@ -43,11 +43,11 @@ func TestLoadBadLines(t *testing.T) {
 		dump := strings.Join([]string{
 			"author",
 			`{"cqrs_revision":0,"cqrs_updated":"2026-11-27 09:45:35+00:00","id":1,"name":"One","active":true}`,
-			`{"cqrs_revision":0,"cqrs_updated":`, // line 3: not JSON
+			`{"cqrs_revision":0,"cqrs_updated":`,                           // line 3: not JSON
 			`{"cqrs_revision":0,"id":3,"name":"No updated","active":true}`, // line 4: no cqrs_updated
 			"", // blank: skipped
 			`{"cqrs_revision":0,"cqrs_updated":"2026-11-27 09:45:35+00:00","id":5,"name":"Bad date","birth_date":"1990-02-31","active":true}`, // line 6
-			`{"cqrs_revision":0,"cqrs_updated":"2026-11-27 09:45:35+00:00","id":7,"name":"` + strings.Repeat("x", 300) + `","active":true}`,  // line 7: too long for VARCHAR(200) on PG/MySQL
+			`{"cqrs_revision":0,"cqrs_updated":"2026-11-27 09:45:35+00:00","id":7,"name":"` + strings.Repeat("x", 300) + `","active":true}`,   // line 7: too long for VARCHAR(200) on PG/MySQL
 			`{"cqrs_revision":0,"cqrs_updated":"2026-11-27 09:45:35+00:00","id":8,"name":"Eight","active":false}`,
 		}, "\n")
 		res := r.run(dump, "bulk-load", "-i", "-")

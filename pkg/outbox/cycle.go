@@ -19,8 +19,14 @@ const finishTimeout = 15 * time.Second
 
 // RunOnce runs one cycle: claim a batch, publish it in id order, delete what
 // was published and release the rest. It returns the number of messages
-// published. A publish error stops the batch: the failed row gets attempts+1
-// and last_error, the rows after it are released, and the error is returned.
+// published. A message the broker rejects (the publish error wraps
+// transports.ErrRejected: unroutable, nacked, or as RelayOptions.Rejected
+// says) is set aside: its row gets attempts+1 and last_error, is not claimed
+// again for ErrorBackoff (doubling per attempt up to ErrorBackoffMax), and
+// its entity's later rows wait behind it; the other entities go on. Any other
+// publish error (the transport is down) stops the batch: the failed row gets
+// attempts+1 and last_error, the rows after it are released, and the error
+// is returned.
 // When ctx is cancelled mid-batch, the rows already published are still
 // deleted and the rest released.
 func (r *Relay) RunOnce(ctx context.Context) (published int, err error) {
@@ -56,12 +62,18 @@ func (r *Relay) cycle(ctx context.Context) (int, error) {
 	}
 
 	var (
-		done    []int64
-		failed  int64
-		pubErr  error
-		pending = drop
+		done     []int64
+		failed   int64
+		pubErr   error
+		pending  = drop
+		rejected []rejection
+		blocked  map[string]bool // entities with a rejected row in this batch
 	)
 	for i, row := range keep {
+		if blocked[row.entityKey] {
+			pending = append(pending, row.id) // stays behind its entity's rejected row
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			pending = append(pending, ids(keep[i:])...)
 			pubErr = fmt.Errorf("outbox: batch stopped after %d of %d rows: %w", i, len(keep), err)
@@ -73,6 +85,21 @@ func (r *Relay) cycle(ctx context.Context) (int, error) {
 		}
 		if err := r.publish(ctx, row); err != nil {
 			r.failed.Add(1)
+			if r.opts.Rejected(err) {
+				// The broker refused this message only: set it aside and go
+				// on with the other entities.
+				if blocked == nil {
+					blocked = map[string]bool{}
+				}
+				blocked[row.entityKey] = true
+				wait := r.setAsideFor(int(row.attempts) + 1)
+				rejected = append(rejected, rejection{row.id, fmt.Errorf("outbox: publish row %d (cqrs_id %q, topic %q): %w", row.id, row.cqrsID, row.topic, err), wait})
+				r.rejected.Add(1)
+				r.log.Error("outbox: broker rejected a message; the row stays, set aside, and its entity's later rows wait behind it",
+					"outbox_id", row.id, "cqrs_id", row.cqrsID, "entity_key", row.entityKey, "topic", row.topic,
+					"attempts", row.attempts+1, "retry_in", wait, "error", err)
+				continue
+			}
 			failed = row.id
 			pending = append(pending, ids(keep[i+1:])...)
 			pubErr = fmt.Errorf("outbox: publish row %d (cqrs_id %q, topic %q): %w", row.id, row.cqrsID, row.topic, err)
@@ -85,6 +112,12 @@ func (r *Relay) cycle(ctx context.Context) (int, error) {
 	}
 	r.published.Add(int64(len(done)))
 	finErr := r.finish(fctx, done, pending, failed, pubErr)
+	for _, rj := range rejected {
+		if err := r.markFailed(fctx, rj.id, rj.err, rj.wait); err != nil {
+			finErr = errors.Join(finErr, fmt.Errorf("outbox: record rejection of row %d in %s: %w", rj.id, r.n.raw, err))
+		}
+		r.recordError(rj.err)
+	}
 	switch {
 	case pubErr != nil:
 		// A publish failure was logged with its row; a stop was the caller's.
@@ -115,7 +148,7 @@ func (r *Relay) finish(ctx context.Context, done, release []int64, failed int64,
 		}
 	}
 	if failed != 0 {
-		if err := r.markFailed(ctx, failed, cause); err != nil {
+		if err := r.markFailed(ctx, failed, cause, 0); err != nil {
 			errs = append(errs, fmt.Errorf("outbox: record failure of row %d in %s: %w", failed, r.n.raw, err))
 		}
 	}
@@ -188,6 +221,24 @@ func (r *Relay) publish(ctx context.Context, row claimedRow) error {
 	msg.Metadata.Set(MetadataOutboxID, strconv.FormatInt(row.id, 10))
 	msg.SetContext(ctx)
 	return r.pub.Publish(row.topic, msg)
+}
+
+// rejection is a row the broker refused, to set aside for wait.
+type rejection struct {
+	id   int64
+	err  error
+	wait time.Duration
+}
+
+// setAsideFor is how long a row rejected for the attempts-th time waits
+// before it is claimed again: ErrorBackoff doubling per attempt, capped at
+// ErrorBackoffMax.
+func (r *Relay) setAsideFor(attempts int) time.Duration {
+	d := r.opts.ErrorBackoff
+	for i := 1; i < attempts && d < r.opts.ErrorBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, r.opts.ErrorBackoffMax)
 }
 
 func ids(rows []claimedRow) []int64 {

@@ -16,6 +16,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
 // Relay defaults.
@@ -70,6 +71,11 @@ type RelayOptions struct {
 	// Headers are added to every message's Watermill metadata, under the
 	// row's own headers.
 	Headers map[string]string
+	// Rejected reports whether a publish error concerns only that message
+	// (the broker refused it), so the relay sets the row aside and goes on
+	// with other entities, rather than the transport (the batch stops). The
+	// default recognises errors wrapping transports.ErrRejected.
+	Rejected func(error) bool
 }
 
 // RelayStats are a relay's counters since it was created.
@@ -85,6 +91,9 @@ type RelayStats struct {
 	// Released counts claimed rows handed back unpublished so that an
 	// entity's rows stay in id order (another relay held a lower one).
 	Released int64
+	// Rejected counts messages the broker refused (unroutable, nacked):
+	// their rows stay, set aside for a while, and are retried.
+	Rejected int64
 	// LastError is the latest failure, nil if none yet.
 	LastError error
 	// LastErrorAt is when LastError happened.
@@ -105,10 +114,10 @@ type Relay struct {
 	wake  chan struct{}
 	runMu sync.Mutex // held while Run runs
 
-	cycles, published, failed, errs, released atomic.Int64
-	errMu                                     sync.Mutex
-	lastErr                                   error
-	lastErrAt                                 time.Time
+	cycles, published, failed, errs, released, rejected atomic.Int64
+	errMu                                               sync.Mutex
+	lastErr                                             error
+	lastErrAt                                           time.Time
 }
 
 // NewRelay checks opts, fills in defaults and returns a relay over the outbox
@@ -149,6 +158,9 @@ func NewRelay(db *sqlx.DB, d dialect.Dialect, pub message.Publisher, opts RelayO
 
 // fill applies defaults and rejects bad values, naming the field.
 func (o *RelayOptions) fill() error {
+	if o.Rejected == nil {
+		o.Rejected = func(err error) bool { return errors.Is(err, transports.ErrRejected) }
+	}
 	durations := []struct {
 		name string
 		v    *time.Duration
@@ -222,6 +234,7 @@ func (r *Relay) Stats() RelayStats {
 		Cycles:      r.cycles.Load(),
 		Published:   r.published.Load(),
 		Failed:      r.failed.Load(),
+		Rejected:    r.rejected.Load(),
 		Errors:      r.errs.Load(),
 		Released:    r.released.Load(),
 		LastError:   r.lastErr,

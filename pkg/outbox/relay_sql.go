@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 )
@@ -194,7 +195,9 @@ func (r *Relay) releaseRows(ctx context.Context, ids []int64) error {
 const maxLastErrorLen = 2000
 
 // markFailed releases a row whose publish failed, counting the attempt.
-func (r *Relay) markFailed(ctx context.Context, id int64, cause error) error {
+// With a positive setAside the row is not claimed again before that long
+// (a message the broker rejected); otherwise it may be claimed at once.
+func (r *Relay) markFailed(ctx context.Context, id int64, cause error, setAside time.Duration) error {
 	msg := cause.Error()
 	if len(msg) > maxLastErrorLen {
 		cut := maxLastErrorLen
@@ -204,10 +207,31 @@ func (r *Relay) markFailed(ctx context.Context, id int64, cause error) error {
 		msg = msg[:cut]
 	}
 	msg = strings.ToValidUTF8(msg, "?")
+	until, arg := "NULL", any(nil)
+	if setAside > 0 {
+		until, arg = r.untilExpr(setAside)
+	}
+	args := []any{msg, r.opts.OwnerID, id}
+	if arg != nil {
+		args = append([]any{arg}, args...)
+	}
 	_, err := r.db.ExecContext(ctx, r.d.Rebind("UPDATE "+r.n.table+
-		" SET claimed_by = NULL, claimed_until = NULL, attempts = attempts + 1, last_error = ? WHERE claimed_by = ? AND id = ?"),
-		msg, r.opts.OwnerID, id)
+		" SET claimed_until = "+until+", claimed_by = NULL, attempts = attempts + 1, last_error = ? WHERE claimed_by = ? AND id = ?"),
+		args...)
 	return err
+}
+
+// untilExpr returns the dialect's SQL for "the database's now plus d", with
+// its one bind argument.
+func (r *Relay) untilExpr(d time.Duration) (string, any) {
+	switch r.d.Name() {
+	case dialect.Postgres:
+		return "clock_timestamp() + make_interval(secs => ?)", d.Seconds()
+	case dialect.MySQL:
+		return "UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND", d.Microseconds()
+	default:
+		return "strftime('%Y-%m-%d %H:%M:%f', 'now', ?)", fmt.Sprintf("%+.3f seconds", d.Seconds())
+	}
 }
 
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }

@@ -23,7 +23,7 @@ const DefaultMaxPending = 100_000
 // ErrTopicFull is returned (wrapped) by [Memory.Publish] when a topic already
 // holds MaxPending unacknowledged messages. Nothing of the failed call is
 // enqueued, so a relay keeps its outbox rows and retries later.
-var ErrTopicFull = errors.New("memory transport: topic full")
+var ErrTopicFull = fmt.Errorf("memory transport: topic full (%w)", ErrRejected)
 
 // ErrClosed is returned (wrapped) by a closed [Memory].
 var ErrClosed = errors.New("memory transport: closed")

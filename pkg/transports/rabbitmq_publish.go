@@ -12,13 +12,13 @@ import (
 
 // ErrUnroutable is returned (wrapped) by [RabbitMQ.Publish] when the broker
 // returned messages as unroutable (basic.return: no queue is bound to the
-// routing key). The broker dropped them.
-var ErrUnroutable = errors.New("rabbitmq transport: message unroutable")
+// routing key). The broker dropped them. It wraps [ErrRejected].
+var ErrUnroutable = fmt.Errorf("rabbitmq transport: message unroutable (%w)", ErrRejected)
 
 // ErrNacked is returned (wrapped) by [RabbitMQ.Publish] when the broker
 // refused messages (publisher-confirm nack, e.g. a full queue with
-// x-overflow reject-publish).
-var ErrNacked = errors.New("rabbitmq transport: message nacked by the broker")
+// x-overflow reject-publish). It wraps [ErrRejected].
+var ErrNacked = fmt.Errorf("rabbitmq transport: message nacked by the broker (%w)", ErrRejected)
 
 // ErrNotConfirmed is returned (wrapped) by [RabbitMQ.Publish] when the
 // broker's confirms did not arrive: the channel or connection was lost, or

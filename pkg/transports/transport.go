@@ -73,6 +73,12 @@ type Transport interface {
 	Close() error
 }
 
+// ErrRejected is wrapped by publish errors that concern the messages, not
+// the transport: the broker is there but refused them (unroutable, nacked,
+// a full topic). A relay sets such a message aside and goes on with other
+// entities' messages; any other publish error stops its batch.
+var ErrRejected = errors.New("message rejected by the broker")
+
 // DefaultExchange is the exchange django-cqrs uses.
 const DefaultExchange = "cqrs"
 
