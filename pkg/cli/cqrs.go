@@ -30,6 +30,8 @@ func commands() map[string]command {
 		"deleted-diff-replica": {"deleted-rows diff, stage 1 (replica): list the replica pks", runDeletedDiffReplica},
 		"deleted-diff-master":  {"deleted-rows diff, stage 2 (master): list the pks gone on the master", runDeletedDiffMaster},
 		"deleted-sync-replica": {"deleted-rows diff, stage 3 (replica): delete the listed pks", runDeletedSyncReplica},
+
+		"dead-letters": {"retry, dump or purge the replica's RabbitMQ dead letters", runDeadLetters},
 	}
 }
 

@@ -88,23 +88,35 @@ func (de *dataEnv) publishOutbox(ctx context.Context, r *outboxRange, written in
 	}
 	published := 0
 	waitSince := time.Time{}
+	var rejected error // the broker refused a message: the relay set it aside
 	for {
+		rejBefore := relay.Stats().Rejected
 		n, err := relay.RunOnce(ctx)
 		published += n
 		if err != nil {
 			return fmt.Errorf("publish: %w (%d published; the rest stay in the outbox for cqrs relay)", err, published)
+		}
+		if st := relay.Stats(); st.Rejected > rejBefore && st.LastError != nil {
+			rejected = st.LastError
 		}
 		left, err := de.left(ctx, r, high)
 		if err != nil {
 			return err
 		}
 		if left == 0 {
-			fmt.Fprintf(de.env.Stderr, "%d message(s) published.\n", published)
+			if published == written {
+				fmt.Fprintf(de.env.Stderr, "%d message(s) published.\n", published)
+			} else { // the relay also took rows other writers had left
+				fmt.Fprintf(de.env.Stderr, "%d message(s) published from the outbox, %d of them written by this command.\n", published, written)
+			}
 			return nil
 		}
 		if n > 0 {
 			waitSince = time.Time{}
 			continue
+		}
+		if rejected != nil {
+			return fmt.Errorf("publish: %w (%d published; %d message(s) stay in the outbox, set aside, for cqrs relay to retry)", rejected, published, left)
 		}
 		// Another relay holds the rest: wait for it, within bounds.
 		if waitSince.IsZero() {

@@ -218,3 +218,23 @@ func TestSyncUsageErrors(t *testing.T) {
 		t.Errorf("usage errors wrote %d outbox rows", n)
 	}
 }
+
+// A message the broker refuses stays in the outbox and fails the command
+// at once, instead of waiting for it.
+func TestSyncRejectedMessageFailsFast(t *testing.T) {
+	m := newMasterSide(t, testenv.SQLite(t))
+	loadMasterFixture(t, m)
+	mem, err := transports.NewMemory(transports.MemoryConfig{MaxPending: 3}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	res := m.runCtx(withTransport(context.Background(), mem), "", "sync", "--cqrs-id", "author", "-f", "{}")
+	if res.code != ExitFailure || res.stdout != "Done!\n5 instance(s) synced.\n5 instance(s) processed.\n" ||
+		!strings.Contains(res.stderr, "topic full") || !strings.Contains(res.stderr, "3 published; 2 message(s) stay in the outbox") {
+		t.Errorf("sync: %+v", res)
+	}
+	if n := m.outboxCount(); n != 2 {
+		t.Errorf("outbox holds %d rows, want the 2 rejected", n)
+	}
+}
