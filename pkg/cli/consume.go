@@ -114,6 +114,9 @@ func consumerOptions(cfg *cqrs.Config, ids []string, logger *slog.Logger) consum
 		DeadMessageTTL:    cfg.Replica.DeadMessageTTL.Or(consumer.DefaultDeadMessageTTL),
 		CQRSIDs:           ids,
 		DelayQueueMaxSize: cfg.Replica.DelayQueueMaxSize,
+		BatchSize:         cfg.Replica.BatchSize,
+		BatchWait:         cfg.Replica.BatchWait.Or(0),
+		BatchMaxInFlight:  cfg.Replica.BatchMaxInFlight,
 		Logger:            logger,
 	}
 	if cfg.Replica.DeadMessageTTL.Set && cfg.Replica.DeadMessageTTL.D == 0 {

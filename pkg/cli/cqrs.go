@@ -18,6 +18,7 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"version": {"print the gocqrs version", runVersion},
+		"bench":   {"measure gocqrs against this machine's limits", runBench},
 		"migrate": {"create or upgrade the outbox and tombstone tables", runMigrate},
 		"relay":   {"publish the outbox until stopped (SIGINT/SIGTERM)", runRelay},
 

@@ -84,6 +84,14 @@ type ReplicaConfig struct {
 	DeadLetterQueue string `mapstructure:"dead_letter_queue"`
 	// DeadMessageTTL is the expiration of dead letters (default 864000 s).
 	DeadMessageTTL Duration `mapstructure:"dead_message_ttl"`
+	// BatchSize > 1 applies up to that many messages per replica transaction
+	// (default 1: one message per transaction, as django-cqrs).
+	BatchSize int `mapstructure:"batch_size"`
+	// BatchWait is how long a batch waits for more messages (default 20 ms).
+	BatchWait Duration `mapstructure:"batch_wait"`
+	// BatchMaxInFlight bounds the messages collected for batches and not yet
+	// settled (default 2 × batch_size).
+	BatchMaxInFlight int `mapstructure:"batch_max_in_flight"`
 	// DjangoCompat turns tombstones off: a DELETE leaves nothing behind and a
 	// late SAVE brings the row back, as in django-cqrs.
 	DjangoCompat bool `mapstructure:"django_compat"`
@@ -262,6 +270,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Replica.DelayQueueMaxSize < 0 {
 		errs = append(errs, fmt.Errorf("config: replica.delay_queue_max_size: %d is negative", c.Replica.DelayQueueMaxSize))
+	}
+	if c.Replica.BatchSize < 0 || c.Replica.BatchMaxInFlight < 0 || c.Replica.BatchWait.D < 0 {
+		errs = append(errs, fmt.Errorf("config: replica.batch_size, batch_wait and batch_max_in_flight must not be negative"))
+	}
+	if c.Replica.BatchSize > 1 && c.Replica.BatchMaxInFlight != 0 && c.Replica.BatchMaxInFlight < c.Replica.BatchSize {
+		errs = append(errs, fmt.Errorf("config: replica.batch_max_in_flight: %d is below batch_size %d", c.Replica.BatchMaxInFlight, c.Replica.BatchSize))
 	}
 	if c.Master.RelayBatchSize < 0 {
 		errs = append(errs, fmt.Errorf("config: master.relay_batch_size: %d is negative", c.Master.RelayBatchSize))

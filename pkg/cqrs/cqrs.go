@@ -143,8 +143,21 @@ func (c *Config) TransportConfig() transports.Config {
 	tc := transports.Config{Transport: c.Transport, URL: c.URL, Exchange: c.Exchange, Memory: c.Memory}
 	tc.TLS = c.TLS
 	tc.Kafka = c.Kafka
-	if c.Replica.DelayQueueMaxSize > 0 {
-		tc.Prefetch = c.Replica.DelayQueueMaxSize + 1
+	if c.Replica.DelayQueueMaxSize > 0 || c.Replica.BatchSize > 1 {
+		// Room for the messages held for retry, those collected for a batch,
+		// and the one in hand.
+		delay := c.Replica.DelayQueueMaxSize
+		if delay == 0 {
+			delay = consumer.DefaultDelayQueueMaxSize
+		}
+		tc.Prefetch = delay + 1
+		if c.Replica.BatchSize > 1 {
+			inFlight := c.Replica.BatchMaxInFlight
+			if inFlight == 0 {
+				inFlight = 2 * c.Replica.BatchSize
+			}
+			tc.Prefetch += inFlight
+		}
 	}
 	return tc.WithDefaults()
 }

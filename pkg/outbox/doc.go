@@ -8,10 +8,27 @@
 //     dialect; the applied versions are kept in "<table>_migrations").
 //   - [Insert] and [Replace] write rows inside the caller's transaction:
 //     rollback means no row and no message.
-//   - [Relay] claims rows with a lease, publishes them in id order and deletes
-//     them. Several relays may run at once against one table: a row is
-//     claimed by one relay at a time, and rows of one entity (entity_key) are
-//     never published out of id order, even by two relays.
+//   - [Relay] claims rows with a lease, publishes them and deletes the ones
+//     the broker confirmed, in one statement per batch. Several relays may
+//     run at once against one table: a row is claimed by one relay at a time,
+//     and rows of one entity (entity_key) are never published out of id
+//     order, even by two relays. (One exception, by the broker's doing: when
+//     it refuses a message and takes a later one of the same entity in the
+//     same call, the later row is published again after the refused one, so
+//     the entity's last message is still its latest.)
+//
+// Publishing is batched: a claimed batch goes out in few Publish calls
+// (grouped by topic, in lanes by entity, several calls in flight; see
+// batch.go), and outcomes come back per message
+// ([transports.PublishError]), so one refused message sets aside only its
+// row and holds back only its entity. While there is a backlog, [Relay.Run]
+// claims and checks the next batch and deletes the previous one while a
+// batch is being published, so that the broker's pace, not the database
+// round trips, bounds the relay.
+//
+// Wake-up: on PostgreSQL, migration 2 adds a trigger that NOTIFYs on insert
+// and Run LISTENs (see notify.go), so an idle relay publishes new rows at
+// once; everywhere, Run polls adaptively (PollMin to PollMax).
 //
 // Delivery is at least once. A relay that dies between publishing and
 // deleting leaves its claimed rows behind; they are published again when the

@@ -88,25 +88,25 @@ func (s *sink) count() int {
 	return len(s.msgs)
 }
 
-// failingPublisher injects broker failures a real GoChannel cannot show: it
-// fails every call from the failFrom-th on (1-based), delegating the earlier
-// ones to next.
-type failingPublisher struct {
-	next     message.Publisher
-	failFrom int64
-	calls    atomic.Int64
-}
-
 var errBrokerDown = errors.New("broker down (injected)")
 
-func (p *failingPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if p.calls.Add(1) >= p.failFrom {
+// downTopicPublisher injects a transport failure a real broker cannot show
+// on demand for one topic only: while down is set, every call on topic fails
+// with errBrokerDown (outcome unknown); everything else goes to next.
+type downTopicPublisher struct {
+	next  message.Publisher
+	topic string
+	down  atomic.Bool
+}
+
+func (p *downTopicPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if topic == p.topic && p.down.Load() {
 		return errBrokerDown
 	}
 	return p.next.Publish(topic, msgs...)
 }
 
-func (p *failingPublisher) Close() error { return nil }
+func (p *downTopicPublisher) Close() error { return nil }
 
 // gatedPublisher holds every Publish until the gate is opened, standing in
 // for a slow broker; it then delegates to next.

@@ -108,15 +108,37 @@ func recordVersionSQL(d dialect.Dialect, n names) string {
 }
 
 // Migrate creates or upgrades the outbox table (default "cqrs_outbox") and
-// records the applied versions in "<table>_migrations". It is idempotent:
-// running it again applies nothing. Concurrent Migrate calls on PostgreSQL
-// and MySQL are serialised with an advisory lock; every step is written to
-// be safe to repeat.
+// records the applied versions in "<table>_migrations". It applies, in
+// order, every embedded migration of the dialect whose version is not
+// recorded yet, each in its own transaction with its version row, so a
+// database at version 1 is brought to the latest (see [LatestVersion]). It
+// is idempotent: running it again applies nothing. It refuses, applying
+// nothing, a database that records a version this gocqrs does not know (a
+// newer gocqrs migrated it). Concurrent Migrate calls on PostgreSQL and
+// MySQL are serialised with an advisory lock; every step is written to be
+// safe to repeat.
+//
+// Versions: 1 creates the table and its (entity_key, id) index; 2
+// (PostgreSQL only) adds the trigger that NOTIFYs relays of new rows.
 func Migrate(ctx context.Context, db *sqlx.DB, d dialect.Dialect, opts ...Option) error {
+	return migrate(ctx, db, d, buildConfig(opts), 0)
+}
+
+// LatestVersion returns the highest migration version gocqrs has for the
+// dialect (0 for an invalid dialect).
+func LatestVersion(d dialect.Dialect) int {
+	steps, err := migrationsFor(d)
+	if err != nil || len(steps) == 0 {
+		return 0
+	}
+	return steps[len(steps)-1].version
+}
+
+// migrate applies the missing migrations up to version upTo (0: all).
+func migrate(ctx context.Context, db *sqlx.DB, d dialect.Dialect, cfg config, upTo int) error {
 	if db == nil {
 		return fmt.Errorf("outbox: migrate: nil database handle")
 	}
-	cfg := buildConfig(opts)
 	n, err := resolveNames(d, cfg.table)
 	if err != nil {
 		return fmt.Errorf("outbox: migrate: %w", err)
@@ -140,17 +162,29 @@ func Migrate(ctx context.Context, db *sqlx.DB, d dialect.Dialect, opts ...Option
 	if _, err := conn.ExecContext(ctx, migrationsTableSQL(d, n)); err != nil {
 		return fmt.Errorf("outbox: migrate %s: create %s: %w", n.raw, n.migrations, err)
 	}
-	applied := map[int]bool{}
 	var versions []int
-	if err := sqlx.SelectContext(ctx, conn, &versions, "SELECT version FROM "+n.migrations); err != nil {
+	if err := sqlx.SelectContext(ctx, conn, &versions, "SELECT version FROM "+n.migrations+" ORDER BY version"); err != nil {
 		return fmt.Errorf("outbox: migrate %s: read applied versions: %w", n.raw, err)
 	}
+	known := map[int]bool{}
+	for _, m := range steps {
+		known[m.version] = true
+	}
+	applied := map[int]bool{}
+	var unknown []int
 	for _, v := range versions {
 		applied[v] = true
+		if !known[v] {
+			unknown = append(unknown, v)
+		}
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("outbox: migrate %s: %s records version(s) %v, which this gocqrs does not know (latest %d): a newer gocqrs migrated it; nothing applied",
+			n.raw, n.migrations, unknown, LatestVersion(d))
 	}
 	rep := n.replacer()
 	for _, m := range steps {
-		if applied[m.version] {
+		if applied[m.version] || (upTo > 0 && m.version > upTo) {
 			continue
 		}
 		if err := applyMigration(ctx, conn, d, n, m, rep); err != nil {

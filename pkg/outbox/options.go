@@ -15,6 +15,7 @@ const DefaultTable = "cqrs_outbox"
 const (
 	migrationsSuffix  = "_migrations"
 	entityIndexSuffix = "_entity_idx"
+	notifySuffix      = "_notify"
 )
 
 // Option changes where [Migrate], [Insert], [Replace] and [Pending] work.
@@ -27,7 +28,7 @@ type config struct {
 // WithTable sets the outbox table's name (default "cqrs_outbox"), optionally
 // schema-qualified ("schema.table"). It must be a plain identifier of at most
 // 52 characters, so that the derived names (<table>_migrations,
-// <table>_entity_idx) stay within 63.
+// <table>_entity_idx, <table>_notify) stay within 63.
 func WithTable(name string) Option {
 	return func(c *config) { c.table = name }
 }
@@ -49,6 +50,9 @@ type names struct {
 	migrations  string // quoted migrations table
 	entityIndex string // quoted index name as CREATE INDEX wants it
 	indexTable  string // quoted table as CREATE INDEX ... ON wants it
+	notifyFunc  string // quoted trigger function (PostgreSQL), schema-qualified when the table is
+	notifyTrig  string // quoted trigger name (PostgreSQL)
+	notifyName  string // the trigger's name unquoted, as pg_trigger holds it
 	lockKey     int64  // advisory lock key for migrations
 }
 
@@ -96,6 +100,13 @@ func resolveNames(d dialect.Dialect, table string) (names, error) {
 	if err != nil {
 		return names{}, fmt.Errorf("outbox: index name: %w", err)
 	}
+	if n.notifyFunc, err = d.Quote(qualify(base + notifySuffix)); err == nil {
+		n.notifyTrig, err = d.Quote(base + notifySuffix)
+	}
+	n.notifyName = base + notifySuffix
+	if err != nil {
+		return names{}, fmt.Errorf("outbox: notify trigger name: %w", err)
+	}
 	h := fnv.New64a()
 	h.Write([]byte("gocqrs.outbox:" + table))
 	n.lockKey = int64(h.Sum64() >> 1)
@@ -109,5 +120,7 @@ func (n names) replacer() *strings.Replacer {
 		"{{migrations}}", n.migrations,
 		"{{entity_index}}", n.entityIndex,
 		"{{index_table}}", n.indexTable,
+		"{{notify_function}}", n.notifyFunc,
+		"{{notify_trigger}}", n.notifyTrig,
 	)
 }

@@ -1,7 +1,6 @@
 package outbox
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -27,8 +26,11 @@ const (
 	DefaultPollMax         = 500 * time.Millisecond
 	DefaultErrorBackoff    = time.Second
 	DefaultErrorBackoffMax = 30 * time.Second
+	DefaultMaxInFlight     = 4
 	// MaxBatchSize bounds RelayOptions.BatchSize (it becomes bound parameters).
 	MaxBatchSize = 5000
+	// maxInFlightLimit bounds RelayOptions.MaxInFlight.
+	maxInFlightLimit = 64
 	// MaxOwnerIDLen bounds RelayOptions.OwnerID (the claimed_by column).
 	MaxOwnerIDLen = 64
 )
@@ -47,6 +49,10 @@ type RelayOptions struct {
 	Table string
 	// BatchSize is the number of rows claimed per cycle (default 500, at most 5000).
 	BatchSize int
+	// MaxInFlight is the number of Publish calls a cycle keeps running at
+	// once (default 4, the RabbitMQ publisher's channel count; at most 64).
+	// Each call carries many rows; see RunOnce for the ordering rules.
+	MaxInFlight int
 	// ClaimTTL is the lease on claimed rows (default 30 s). Rows of a relay
 	// that died are claimed again once it expires; a cycle stops publishing
 	// when its lease runs out.
@@ -56,7 +62,11 @@ type RelayOptions struct {
 	PollMin time.Duration
 	// PollMax caps the idle wait, which doubles from PollMin while cycles
 	// find nothing to publish (default 500 ms). [Relay.Wake] cuts it short.
+	// On PostgreSQL, Run also wakes on the outbox's notifications.
 	PollMax time.Duration
+	// DisableListen turns off the PostgreSQL LISTEN/NOTIFY wake-up of Run
+	// (see Migrate): the relay then polls as on other databases.
+	DisableListen bool
 	// ErrorBackoff is the wait after a failed cycle (publish or database
 	// error), doubling per consecutive failure up to ErrorBackoffMax
 	// (defaults 1 s and 30 s). Wake does not cut it short.
@@ -113,6 +123,8 @@ type Relay struct {
 	sql   relaySQL
 	wake  chan struct{}
 	runMu sync.Mutex // held while Run runs
+
+	listening atomic.Pointer[listener] // Run's listener (PostgreSQL), for tests
 
 	cycles, published, failed, errs, released, rejected atomic.Int64
 	errMu                                               sync.Mutex
@@ -197,6 +209,12 @@ func (o *RelayOptions) fill() error {
 	case o.BatchSize > MaxBatchSize:
 		return fmt.Errorf("RelayOptions.BatchSize %d: at most %d", o.BatchSize, MaxBatchSize)
 	}
+	switch {
+	case o.MaxInFlight < 0 || o.MaxInFlight > maxInFlightLimit:
+		return fmt.Errorf("RelayOptions.MaxInFlight %d: want 0 (default %d) to %d", o.MaxInFlight, DefaultMaxInFlight, maxInFlightLimit)
+	case o.MaxInFlight == 0:
+		o.MaxInFlight = DefaultMaxInFlight
+	}
 	if o.OwnerID == "" {
 		var b [8]byte
 		_, _ = rand.Read(b[:])
@@ -247,84 +265,4 @@ func (r *Relay) recordError(err error) {
 	r.errMu.Lock()
 	r.lastErr, r.lastErrAt = err, time.Now()
 	r.errMu.Unlock()
-}
-
-// Run publishes outbox rows until ctx is done, polling adaptively: at once
-// after a full batch, PollMin after a partial one, and an idle wait doubling
-// from PollMin to PollMax when there is nothing to publish (cut short by
-// [Relay.Wake]). Failed cycles are logged, counted in [Relay.Stats] and
-// retried after ErrorBackoff (doubling up to ErrorBackoffMax).
-//
-// When ctx is cancelled, Run finishes the batch in flight (publish, delete,
-// release; bounded by ClaimTTL) and returns nil. It returns an error only if
-// Run is already running on this relay.
-func (r *Relay) Run(ctx context.Context) error {
-	if !r.runMu.TryLock() {
-		return errors.New("outbox: relay: Run is already running on this relay")
-	}
-	defer r.runMu.Unlock()
-	r.log.Debug("outbox relay started")
-	defer r.log.Debug("outbox relay stopped")
-
-	idle := r.opts.PollMin
-	var errWait time.Duration
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		// The in-flight batch is not cut off by ctx: it ends with its lease.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.ClaimTTL)
-		published, err := r.cycle(cctx)
-		cancel()
-
-		var wait time.Duration
-		wakeable := true
-		switch {
-		case err != nil:
-			if errWait == 0 {
-				errWait = r.opts.ErrorBackoff
-			} else {
-				errWait = min(2*errWait, r.opts.ErrorBackoffMax)
-			}
-			wait, wakeable = errWait, false
-			idle = r.opts.PollMin
-		case published >= r.opts.BatchSize:
-			errWait, idle = 0, r.opts.PollMin
-		case published > 0:
-			errWait, idle = 0, r.opts.PollMin
-			wait = r.opts.PollMin
-		default:
-			errWait = 0
-			wait = idle
-			idle = min(2*idle, r.opts.PollMax)
-		}
-		if wait <= 0 {
-			continue
-		}
-		woken, ok := r.sleep(ctx, wait, wakeable)
-		if !ok {
-			return nil
-		}
-		if woken {
-			idle = r.opts.PollMin
-		}
-	}
-}
-
-// sleep waits d, or until ctx is done (ok false), or until Wake when wakeable.
-func (r *Relay) sleep(ctx context.Context, d time.Duration, wakeable bool) (woken, ok bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	var wake <-chan struct{}
-	if wakeable {
-		wake = r.wake
-	}
-	select {
-	case <-ctx.Done():
-		return false, false
-	case <-t.C:
-		return false, true
-	case <-wake:
-		return true, true
-	}
 }

@@ -151,13 +151,21 @@ func (r *Relay) claimMySQL(ctx context.Context) ([]claimedRow, error) {
 // lowerRows returns, for the given entity keys, the ids and keys of every row
 // with an id below maxID, claimed by this relay or not.
 func (r *Relay) lowerRows(ctx context.Context, keys []string, maxID int64) (map[string][]int64, error) {
-	args := make([]any, 0, len(keys)+1)
-	for _, k := range keys {
-		args = append(args, k)
+	var (
+		q    string
+		args []any
+	)
+	if r.d.Name() == dialect.Postgres {
+		q, args = "SELECT id, entity_key FROM "+r.n.table+" WHERE entity_key = ANY($1) AND id < $2", []any{keys, maxID}
+	} else {
+		args = make([]any, 0, len(keys)+1)
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		args = append(args, maxID)
+		q = r.d.Rebind("SELECT id, entity_key FROM " + r.n.table +
+			" WHERE entity_key IN (" + dialect.Placeholders(len(keys)) + ") AND id < ?")
 	}
-	args = append(args, maxID)
-	q := r.d.Rebind("SELECT id, entity_key FROM " + r.n.table +
-		" WHERE entity_key IN (" + dialect.Placeholders(len(keys)) + ") AND id < ?")
 	rs, err := r.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -175,50 +183,65 @@ func (r *Relay) lowerRows(ctx context.Context, keys []string, maxID int64) (map[
 	return out, rs.Err()
 }
 
+// idChunk bounds the ids bound into one IN list (MySQL, SQLite); PostgreSQL
+// binds one array instead.
+const idChunk = 1000
+
+// execIDs runs "<head> AND id IN (...)" (PostgreSQL: "AND id = ANY($n)")
+// with args before the ids, in chunks of idChunk ids.
+func (r *Relay) execIDs(ctx context.Context, head string, args []any, ids []int64) error {
+	if r.d.Name() == dialect.Postgres {
+		_, err := r.db.ExecContext(ctx, r.d.Rebind(head+" AND id = ANY(?)"), append(args, ids)...)
+		return err
+	}
+	for start := 0; start < len(ids); start += idChunk {
+		list, idArgs := inList(ids[start:min(start+idChunk, len(ids))])
+		all := append(append(make([]any, 0, len(args)+len(idArgs)), args...), idArgs...)
+		if _, err := r.db.ExecContext(ctx, r.d.Rebind(head+" AND id IN "+list), all...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // deleteRows deletes published rows still claimed by this relay.
 func (r *Relay) deleteRows(ctx context.Context, ids []int64) error {
-	list, args := inList(ids)
-	_, err := r.db.ExecContext(ctx, r.d.Rebind("DELETE FROM "+r.n.table+" WHERE claimed_by = ? AND id IN "+list),
-		append([]any{r.opts.OwnerID}, args...)...)
-	return err
+	return r.execIDs(ctx, "DELETE FROM "+r.n.table+" WHERE claimed_by = ?", []any{r.opts.OwnerID}, ids)
 }
 
 // releaseRows hands claimed rows back unpublished.
 func (r *Relay) releaseRows(ctx context.Context, ids []int64) error {
-	list, args := inList(ids)
-	_, err := r.db.ExecContext(ctx, r.d.Rebind("UPDATE "+r.n.table+" SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ? AND id IN "+list),
-		append([]any{r.opts.OwnerID}, args...)...)
-	return err
+	return r.execIDs(ctx, "UPDATE "+r.n.table+" SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?",
+		[]any{r.opts.OwnerID}, ids)
 }
 
 // maxLastErrorLen bounds last_error (bytes, cut at a rune boundary).
 const maxLastErrorLen = 2000
 
-// markFailed releases a row whose publish failed, counting the attempt.
-// With a positive setAside the row is not claimed again before that long
-// (a message the broker rejected); otherwise it may be claimed at once.
-func (r *Relay) markFailed(ctx context.Context, id int64, cause error, setAside time.Duration) error {
-	msg := cause.Error()
-	if len(msg) > maxLastErrorLen {
+// markFailed releases rows whose publish failed, counting the attempt and
+// recording text as last_error. With a positive setAside the rows are not
+// claimed again before that long (messages the broker refused); otherwise
+// they may be claimed at once.
+func (r *Relay) markFailed(ctx context.Context, ids []int64, text string, setAside time.Duration) error {
+	if len(text) > maxLastErrorLen {
 		cut := maxLastErrorLen
-		for cut > 0 && !isRuneStart(msg[cut]) {
+		for cut > 0 && !isRuneStart(text[cut]) {
 			cut--
 		}
-		msg = msg[:cut]
+		text = text[:cut]
 	}
-	msg = strings.ToValidUTF8(msg, "?")
+	text = strings.ToValidUTF8(text, "?")
 	until, arg := "NULL", any(nil)
 	if setAside > 0 {
 		until, arg = r.untilExpr(setAside)
 	}
-	args := []any{msg, r.opts.OwnerID, id}
+	args := []any{text, r.opts.OwnerID}
 	if arg != nil {
 		args = append([]any{arg}, args...)
 	}
-	_, err := r.db.ExecContext(ctx, r.d.Rebind("UPDATE "+r.n.table+
-		" SET claimed_until = "+until+", claimed_by = NULL, attempts = attempts + 1, last_error = ? WHERE claimed_by = ? AND id = ?"),
-		args...)
-	return err
+	return r.execIDs(ctx, "UPDATE "+r.n.table+
+		" SET claimed_until = "+until+", claimed_by = NULL, attempts = attempts + 1, last_error = ? WHERE claimed_by = ?",
+		args, ids)
 }
 
 // untilExpr returns the dialect's SQL for "the database's now plus d", with

@@ -53,11 +53,22 @@ type pubChannel struct {
 // sends them: persistent (delivery mode 2), content type "text/plain", no
 // headers and no other property, except an AMQP expiration when the message
 // has metadata [MetaExpiration] (milliseconds). Other metadata is not sent.
-// Every message is published with the mandatory flag; the call then waits
-// for all confirms. It fails, wrapping [ErrUnroutable] (a basic.return:
-// nothing is bound to topic) or [ErrNacked] (the broker refused one), or
-// [ErrNotConfirmed], [ErrNotConnected] or [ErrRabbitMQClosed]; some
-// messages of a failed call may have been delivered.
+//
+// Every message is published with the mandatory flag, all of them before
+// the first confirm is awaited (pipelined: the broker has the whole call in
+// flight), in the order of msgs on one channel.
+//
+// Once messages went out, a failure is reported message by message: the
+// error wraps a [*PublishError] whose Failed map holds the index of every
+// message that was not confirmed, with a cause wrapping [ErrUnroutable] (a
+// basic.return: nothing is bound to topic), [ErrNacked] (the broker refused
+// it) or [ErrNotConfirmed] (the channel or connection was lost, or
+// [ConfirmTimeout] passed or the context was cancelled before its confirm:
+// it may or may not have been routed). The messages not in Failed were
+// confirmed. A failure before anything was sent (bad input, [ErrNotConnected],
+// [ErrRabbitMQClosed], a cancelled context) is a plain error: no message of
+// the call was published. errors.Is(err, ErrRejected) reports whether some
+// message was refused; [PublishFailures] gives the per-message picture.
 //
 // The wait ends early when the first message's context is cancelled.
 // Publish is safe for concurrent use (up to 4 calls run at once, each on its
@@ -158,7 +169,8 @@ func (pc *pubChannel) discard() {
 	pc.ch, pc.returns = nil, nil
 }
 
-// publishOn publishes pubs on pc and waits for every confirm.
+// publishOn publishes pubs on pc, waits for their confirms and reports the
+// messages that were not confirmed as a *PublishError.
 func (r *RabbitMQ) publishOn(ctx context.Context, pc *pubChannel, topic string, pubs []amqp.Publishing) error {
 	var returned []amqp.Return
 	drain := func() {
@@ -175,12 +187,18 @@ func (r *RabbitMQ) publishOn(ctx context.Context, pc *pubChannel, topic string, 
 			}
 		}
 	}
+	failed := map[int]error{}
 	confirms := make([]*amqp.DeferredConfirmation, 0, len(pubs))
 	for i, p := range pubs {
 		dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, r.s.exchange, topic, true, false, p)
 		if err != nil {
-			pc.discard()
-			return fmt.Errorf("routing key %q: message %d: %w: %w", topic, i, ErrNotConfirmed, err)
+			// The channel is gone: this message and the ones after it were
+			// not sent; the confirms of the earlier ones may still be there.
+			cause := fmt.Errorf("routing key %q: %w: message %d not sent: %w", topic, ErrNotConfirmed, i, err)
+			for j := i; j < len(pubs); j++ {
+				failed[j] = cause
+			}
+			break
 		}
 		confirms = append(confirms, dc)
 		drain()
@@ -188,7 +206,8 @@ func (r *RabbitMQ) publishOn(ctx context.Context, pc *pubChannel, topic string, 
 
 	timeout := time.NewTimer(ConfirmTimeout)
 	defer timeout.Stop()
-	nacked := 0
+	var stopped error // why the wait for confirms ended early
+	waited := 0
 	for _, dc := range confirms {
 	wait:
 		for {
@@ -202,33 +221,88 @@ func (r *RabbitMQ) publishOn(ctx context.Context, pc *pubChannel, topic string, 
 				}
 				returned = append(returned, ret)
 			case <-timeout.C:
-				pc.discard()
-				return fmt.Errorf("routing key %q: %w: no confirm within %s", topic, ErrNotConfirmed, ConfirmTimeout)
+				stopped = fmt.Errorf("routing key %q: %w: no confirm within %s", topic, ErrNotConfirmed, ConfirmTimeout)
 			case <-ctx.Done():
-				pc.discard()
-				return fmt.Errorf("routing key %q: %w: %w", topic, ErrNotConfirmed, ctx.Err())
+				stopped = fmt.Errorf("routing key %q: %w: %w", topic, ErrNotConfirmed, ctx.Err())
+			}
+			if stopped != nil {
+				break
 			}
 		}
-		if !dc.Acked() {
-			nacked++
+		if stopped != nil {
+			break
+		}
+		waited++
+	}
+	// Every return of a confirmed message came before its confirm: it is
+	// queued now.
+	drain()
+	closed := pc.ch.IsClosed()
+	if stopped != nil || len(failed) > 0 || closed {
+		// Late returns and confirms must not reach the next call.
+		pc.discard()
+	}
+	var nackCause error
+	for i, dc := range confirms {
+		switch {
+		case i >= waited:
+			failed[i] = stopped
+		case dc.Acked():
+		case closed:
+			// amqp091 nacks what is pending when the channel closes.
+			failed[i] = fmt.Errorf("routing key %q: %w: channel closed before the confirm: %w", topic, ErrNotConfirmed, amqp.ErrClosed)
+		default:
+			if nackCause == nil {
+				nackCause = fmt.Errorf("routing key %q: %w", topic, ErrNacked)
+			}
+			failed[i] = nackCause
 		}
 	}
-	// Every return of these messages came before its confirm: it is queued.
-	drain()
-	if nacked > 0 && pc.ch.IsClosed() {
-		// amqp091 nacks what is pending when the channel closes.
-		pc.discard()
-		return fmt.Errorf("routing key %q: %w: channel closed with %d of %d confirm(s) missing: %w",
-			topic, ErrNotConfirmed, nacked, len(pubs), amqp.ErrClosed)
+	r.attributeReturns(topic, pubs, returned, failed)
+	if len(failed) == 0 {
+		return nil
 	}
-	var errs []error
-	if len(returned) > 0 {
-		ret := returned[0]
-		errs = append(errs, fmt.Errorf("routing key %q: %w: %d of %d message(s) returned by the broker (%d %s)",
-			topic, ErrUnroutable, len(returned), len(pubs), ret.ReplyCode, ret.ReplyText))
+	return &PublishError{Total: len(pubs), Failed: failed}
+}
+
+// attributeReturns marks the messages the broker returned as failed with
+// ErrUnroutable. A basic.return carries no delivery tag, so a return is
+// matched to the first message of the call with the same body that is not
+// matched yet (messages of one call share the routing key and the
+// properties, so two messages with equal bodies are the same message on the
+// wire). A return no message matches makes every message not failed yet
+// unconfirmed, the cautious reading.
+func (r *RabbitMQ) attributeReturns(topic string, pubs []amqp.Publishing, returned []amqp.Return, failed map[int]error) {
+	if len(returned) == 0 {
+		return
 	}
-	if nacked > 0 {
-		errs = append(errs, fmt.Errorf("routing key %q: %w: %d of %d message(s)", topic, ErrNacked, nacked, len(pubs)))
+	ret := returned[0]
+	cause := fmt.Errorf("routing key %q: %w: returned by the broker (%d %s)", topic, ErrUnroutable, ret.ReplyCode, ret.ReplyText)
+	byBody := make(map[string][]int, len(returned))
+	for _, ret := range returned {
+		byBody[string(ret.Body)] = nil
 	}
-	return errors.Join(errs...)
+	for i, p := range pubs {
+		if list, ok := byBody[string(p.Body)]; ok {
+			byBody[string(p.Body)] = append(list, i)
+		}
+	}
+	unmatched := 0
+	for _, ret := range returned {
+		list := byBody[string(ret.Body)]
+		if len(list) == 0 {
+			unmatched++
+			continue
+		}
+		failed[list[0]] = cause
+		byBody[string(ret.Body)] = list[1:]
+	}
+	if unmatched > 0 {
+		ambiguous := fmt.Errorf("routing key %q: %w: %d returned message(s) match no message of the call", topic, ErrNotConfirmed, unmatched)
+		for i := range pubs {
+			if _, ok := failed[i]; !ok {
+				failed[i] = ambiguous
+			}
+		}
+	}
 }

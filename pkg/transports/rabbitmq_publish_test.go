@@ -261,3 +261,70 @@ func TestRabbitMQPublishRejectsBadInput(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 }
+
+// A queue that takes two messages and rejects the rest: in one pipelined
+// call of five, the broker confirms the first two and nacks the others, and
+// Publish says so message by message.
+func TestRabbitMQPublishPartialNackPerMessage(t *testing.T) {
+	t.Parallel()
+	s := newScratch(t)
+	q := s.queue(t, amqp.Table{"x-max-length": int32(2), "x-overflow": "reject-publish"}, "two")
+	r := s.transport(t)
+	msgs := []*message.Message{msg("m0"), msg("m1"), msg("m2"), msg("m3"), msg("m4")}
+	err := r.Publish("two", msgs...)
+	var pe *transports.PublishError
+	if !errors.As(err, &pe) {
+		t.Fatalf("publish to a queue of two: err = %v, want a *PublishError", err)
+	}
+	if !errors.Is(err, transports.ErrNacked) || !errors.Is(err, transports.ErrRejected) || errors.Is(err, transports.ErrUnroutable) {
+		t.Fatalf("err = %v, want it to wrap ErrNacked (and so ErrRejected) only", err)
+	}
+	if pe.Total != 5 || len(pe.Failed) != 3 {
+		t.Fatalf("PublishError = %+v, want 3 of 5 failed", pe)
+	}
+	for i := 2; i < 5; i++ {
+		if !errors.Is(pe.Failed[i], transports.ErrNacked) {
+			t.Fatalf("message %d: cause %v, want ErrNacked", i, pe.Failed[i])
+		}
+	}
+	if !strings.Contains(err.Error(), "3 of 5") || !strings.Contains(err.Error(), "messages 2, 3, 4") {
+		t.Fatalf("error %q does not summarise the failed messages", err)
+	}
+	got := transports.PublishFailures(err, 5)
+	if len(got) != 3 || got[0] != nil || got[2] == nil {
+		t.Fatalf("PublishFailures = %v, want indexes 2..4", got)
+	}
+	ch := rawChannel(t, s.url)
+	for _, want := range []string{"m0", "m1"} {
+		d, ok, err := ch.Get(q, true)
+		if err != nil || !ok || string(d.Body) != want {
+			t.Fatalf("basic.get = %q ok=%v err=%v, want %s", d.Body, ok, err, want)
+		}
+	}
+	// The channel stays usable: the next call to a drained queue goes through.
+	if err := r.Publish("two", msg("again")); err != nil {
+		t.Fatalf("publish after a partial nack: %v", err)
+	}
+}
+
+// Every message of an unroutable call is named, duplicates included: a
+// return is matched to a message by its body.
+func TestRabbitMQPublishUnroutablePerMessage(t *testing.T) {
+	t.Parallel()
+	s := newScratch(t)
+	s.queue(t, nil, "bound")
+	r := s.transport(t)
+	err := r.Publish("unbound", msg("same"), msg("other"), msg("same"))
+	var pe *transports.PublishError
+	if !errors.As(err, &pe) || pe.Total != 3 || len(pe.Failed) != 3 {
+		t.Fatalf("unroutable call: err = %v, want a PublishError with 3 of 3 failed", err)
+	}
+	for i := range 3 {
+		if !errors.Is(pe.Failed[i], transports.ErrUnroutable) {
+			t.Fatalf("message %d: cause %v, want ErrUnroutable", i, pe.Failed[i])
+		}
+	}
+	if err := r.Publish("bound", msg("x"), msg("y")); err != nil {
+		t.Fatalf("routable call after an unroutable one: %v", err)
+	}
+}

@@ -184,7 +184,7 @@ type replicaEnv struct {
 	c   *consumer.Consumer
 }
 
-func newReplicaEnv(t *testing.T, schema map[string][]fxColumn, djangoCompat bool) *replicaEnv {
+func newReplicaEnv(t *testing.T, schema map[string][]fxColumn, djangoCompat bool, batchSize int) *replicaEnv {
 	t.Helper()
 	ctx := context.Background()
 	db := testenv.SQLite(t)
@@ -219,6 +219,7 @@ func newReplicaEnv(t *testing.T, schema map[string][]fxColumn, djangoCompat bool
 	rec := &recorder{Transport: mem}
 	c := newConsumer(t, rec, reg, eng, consumer.Options{
 		Queue: fxQueue, MaxRetries: new(2), RetryDelay: 3 * time.Millisecond,
+		BatchSize: batchSize, BatchWait: 5 * time.Millisecond,
 	})
 	start(t, c)
 	return &replicaEnv{db: db, mem: mem, rec: rec, c: c}
@@ -289,6 +290,10 @@ func deviations(mode string, byName map[string]fxCase) map[string]deviation {
 	return d
 }
 
+// TestConformanceReplicaCases runs every case one message at a time
+// ("batch1") and with batches of up to 16 ("batch16": each step is then a
+// batch of its own, applied by Engine.ApplyBatch, and settled by the
+// collector).
 func TestConformanceReplicaCases(t *testing.T) {
 	t.Parallel()
 	cases, schema := loadCases(t)
@@ -296,22 +301,24 @@ func TestConformanceReplicaCases(t *testing.T) {
 	for _, c := range cases {
 		byName[c.Case] = c
 	}
-	for _, mode := range []string{"gocqrs", "django_compat"} {
-		devs := deviations(mode, byName)
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			for _, fc := range cases {
-				t.Run(fc.Case, func(t *testing.T) {
-					t.Parallel()
-					runCase(t, schema, fc, mode == "django_compat", devs[fc.Case])
-				})
-			}
-		})
+	for _, batchSize := range []int{1, 16} {
+		for _, mode := range []string{"gocqrs", "django_compat"} {
+			devs := deviations(mode, byName)
+			t.Run(fmt.Sprintf("batch%d/%s", batchSize, mode), func(t *testing.T) {
+				t.Parallel()
+				for _, fc := range cases {
+					t.Run(fc.Case, func(t *testing.T) {
+						t.Parallel()
+						runCase(t, schema, fc, mode == "django_compat", batchSize, devs[fc.Case])
+					})
+				}
+			})
+		}
 	}
 }
 
-func runCase(t *testing.T, schema map[string][]fxColumn, fc fxCase, djangoCompat bool, dev deviation) {
-	env := newReplicaEnv(t, schema, djangoCompat)
+func runCase(t *testing.T, schema map[string][]fxColumn, fc fxCase, djangoCompat bool, batchSize int, dev deviation) {
+	env := newReplicaEnv(t, schema, djangoCompat, batchSize)
 	unbound := map[string]int{}
 	for _, s := range fc.Steps {
 		wantOutcome, wantRows := s.Outcome, s.RowsAfter

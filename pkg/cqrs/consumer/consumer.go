@@ -52,6 +52,26 @@
 //
 // Retries are the consumer's own: the Watermill router runs without retry
 // middleware.
+//
+// # Batches
+//
+// With Options.BatchSize > 1 and a transport that supports
+// [transports.Detach] (memory, RabbitMQ), each handler detaches its message
+// and hands it to a collector, so the subscription goes on with the next
+// one. The collector applies up to BatchSize messages, or what arrived
+// within BatchWait of the oldest, in one replica transaction
+// ([BatchApplier], replica.Engine.ApplyBatch), then settles each message:
+// applied and skipped ones are acked after the commit; a failed one goes
+// through the retry and dead-letter rules above on its own (the others of
+// its batch are not affected); when the whole batch fails, every message of
+// it does. Batches are applied one after the other, messages in the order
+// they were delivered, so the messages of one entity keep their order. At
+// most BatchMaxInFlight messages are collected and not yet settled; beyond
+// that, handlers wait. When the delay queue is full, the collector waits
+// for room before it applies the next batch. On shutdown the collected
+// messages are applied and settled before the subscriptions end, and
+// messages delivered meanwhile are handed back to the broker: nothing is
+// lost. A transport that cannot detach (Kafka) gets one message at a time.
 package consumer
 
 import (
@@ -124,6 +144,18 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock for expiry checks; nil means time.Now.
 	Now func() time.Time
+	// BatchSize > 1 applies up to BatchSize messages per replica
+	// transaction (see "Batches" in the package doc); the Applier must then
+	// also be a [BatchApplier]. 0 or 1 applies one message at a time.
+	BatchSize int
+	// BatchWait is how long a batch waits for more messages after its first
+	// one; 0 means DefaultBatchWait (20 ms).
+	BatchWait time.Duration
+	// BatchMaxInFlight bounds the messages collected for batches and not
+	// yet settled (they are unacknowledged on the broker, like held
+	// messages: a RabbitMQ prefetch must leave room for them); 0 means
+	// 2 × BatchSize, and it must be at least BatchSize.
+	BatchMaxInFlight int
 }
 
 // Consumer runs one replica queue's subscriptions on a Watermill router.
@@ -151,6 +183,8 @@ type Consumer struct {
 	heldMu     sync.Mutex
 	heldClosed bool           // Run is ending: hold no more messages
 	held       sync.WaitGroup // held goroutines
+
+	batch *batcher // nil when applying one message at a time
 }
 
 // New checks opts and returns a consumer of tr's messages for reg's replica
@@ -196,6 +230,28 @@ func New(tr transports.Transport, reg *registry.Registry, ap Applier, opts Optio
 	case delayMax < 0:
 		return nil, fmt.Errorf("consumer: delay_queue_max_size must not be negative, got %d", delayMax)
 	}
+	var bap BatchApplier
+	batchWait, maxInFlight := opts.BatchWait, opts.BatchMaxInFlight
+	switch {
+	case opts.BatchSize < 0:
+		return nil, fmt.Errorf("consumer: batch_size must not be negative, got %d", opts.BatchSize)
+	case batchWait < 0:
+		return nil, fmt.Errorf("consumer: batch_wait must not be negative, got %s", batchWait)
+	case opts.BatchSize > 1:
+		var ok bool
+		if bap, ok = ap.(BatchApplier); !ok {
+			return nil, fmt.Errorf("consumer: batch_size %d needs an applier with ApplyBatch (%T has none)", opts.BatchSize, ap)
+		}
+		if batchWait == 0 {
+			batchWait = DefaultBatchWait
+		}
+		if maxInFlight == 0 {
+			maxInFlight = 2 * opts.BatchSize
+		}
+		if maxInFlight < opts.BatchSize {
+			return nil, fmt.Errorf("consumer: batch_max_in_flight %d must be at least batch_size %d", maxInFlight, opts.BatchSize)
+		}
+	}
 	ids, err := consumedIDs(reg, opts.CQRSIDs)
 	if err != nil {
 		return nil, err
@@ -218,6 +274,9 @@ func New(tr transports.Transport, reg *registry.Registry, ap Applier, opts Optio
 	}
 	for _, id := range ids {
 		c.consumed[id] = true
+	}
+	if bap != nil {
+		c.batch = newBatcher(c, bap, opts.BatchSize, batchWait, maxInFlight)
 	}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -314,7 +373,32 @@ func (c *Consumer) Run(ctx context.Context) error {
 		case <-done:
 		}
 	}()
-	err = router.Run(ctx)
+	routerCtx := ctx
+	var routerDone, drained chan struct{}
+	if c.batch != nil {
+		// On shutdown the collected messages are applied and acked while
+		// the subscriptions are still up; only then is the router stopped.
+		// When the router ends by itself (the transport closed), what was
+		// collected is applied too.
+		rctx, stopRouter := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopRouter()
+		routerCtx = rctx
+		routerDone, drained = make(chan struct{}), make(chan struct{})
+		go c.batch.run()
+		go func() {
+			defer close(drained)
+			select {
+			case <-ctx.Done():
+			case <-routerDone:
+			}
+			c.batch.drain(stopRouter)
+		}()
+	}
+	err = router.Run(routerCtx)
+	if c.batch != nil {
+		close(routerDone)
+		<-drained
+	}
 	// The subscriptions are closed: held messages go back to the broker,
 	// however the router ended.
 	stopHolding()

@@ -48,8 +48,14 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 	}
 
 	direct := sub.Direct || (sub.CQRSID == "" && routingKey == transports.DirectKey(c.queue, p.CQRSID))
+	dl := replica.Delivery{Payload: p, Direct: direct}
+	if c.batch != nil {
+		if ok, err := c.batch.submit(msg, dl, attrs); ok {
+			return err // detached: the router's ack no longer reaches the broker
+		}
+	}
 	// A message being applied is finished even when shutdown starts.
-	res, err := c.ap.Apply(context.WithoutCancel(ctx), replica.Delivery{Payload: p, Direct: direct})
+	res, err := c.ap.Apply(context.WithoutCancel(ctx), dl)
 	if err == nil {
 		c.applied(res, attrs)
 		return nil
@@ -201,6 +207,15 @@ func (c *Consumer) deadLetter(ctx context.Context, p *wire.Payload, attrs []any,
 }
 
 func (c *Consumer) publishDeadLetter(ctx context.Context, cqrsID string, body []byte, attrs []any, reason string) error {
+	if err := c.sendDeadLetter(cqrsID, body, attrs, reason); err != nil {
+		return c.nackAfterDelay(ctx, err, attrs)
+	}
+	return nil
+}
+
+// sendDeadLetter publishes body to the dead-letter key of cqrsID, with the
+// dead-letter expiration, and counts it.
+func (c *Consumer) sendDeadLetter(cqrsID string, body []byte, attrs []any, reason string) error {
 	key := transports.DeadLetterKey(c.dlq, cqrsID)
 	m := message.NewMessage(watermill.NewUUID(), body)
 	m.Metadata.Set(transports.MetaDeadLetterReason, reason)
@@ -212,7 +227,7 @@ func (c *Consumer) publishDeadLetter(ctx context.Context, cqrsID string, body []
 		m.Metadata.Set(transports.MetaExpiration, strconv.FormatInt(ms, 10))
 	}
 	if err := c.pub.Publish(key, m); err != nil {
-		return c.nackAfterDelay(ctx, fmt.Errorf("publish dead letter on %q: %w", key, err), attrs)
+		return fmt.Errorf("publish dead letter on %q: %w", key, err)
 	}
 	c.stats.deadLettered.Add(1)
 	c.log.Warn("CQRS is added to dead letter queue", append(attrs, "reason", reason, "dead_letter_key", key)...)

@@ -139,9 +139,24 @@ func ourBehaviour(mode string, c fixtureCase, s fixtureStep, byName map[string]f
 
 const maxRetries = 2 // the fixture replica's CQRS_MAX_RETRIES
 
+// applyFunc applies one delivery: Engine.Apply, or Engine.ApplyBatch with
+// a batch of one.
+type applyFunc func(ctx context.Context, dl replica.Delivery) (replica.Result, error)
+
+// batchOfOne applies dl through ApplyBatch.
+func batchOfOne(eng *replica.Engine) applyFunc {
+	return func(ctx context.Context, dl replica.Delivery) (replica.Result, error) {
+		res, errs, err := eng.ApplyBatch(ctx, []replica.Delivery{dl})
+		if err != nil {
+			return replica.Result{StoredRevision: -1}, err
+		}
+		return res[0], errs[0]
+	}
+}
+
 // deliver runs one published message the way the consumer would and
 // returns the fixture's outcome name, and the last engine error.
-func deliver(ctx context.Context, eng *replica.Engine, s fixtureStep) (string, error) {
+func deliver(ctx context.Context, apply applyFunc, s fixtureStep) (string, error) {
 	if !s.Binding {
 		return "not_delivered_no_matching_binding_on_replica_queue", nil
 	}
@@ -159,7 +174,7 @@ func deliver(ctx context.Context, eng *replica.Engine, s fixtureStep) (string, e
 	direct := s.Publish.RoutingKey == "cqrs."+fixtureQueue+"."+p.CQRSID
 	requeues := 0
 	for {
-		res, err := eng.Apply(ctx, replica.Delivery{Payload: p, Direct: direct})
+		res, err := apply(ctx, replica.Delivery{Payload: p, Direct: direct})
 		if err == nil {
 			o := outcomeName(res.Outcome)
 			if requeues > 0 {
@@ -236,6 +251,21 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// usesFailHook reports whether a case relies on the fixture's create hook
+// (the fail-once / fail-always authors).
+func usesFailHook(c fixtureCase) bool {
+	for _, s := range c.Steps {
+		if strings.Contains(s.Publish.Body, `"fail-`) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestConformanceReplicaCases replays the cases with Engine.Apply ("one")
+// and with Engine.ApplyBatch, one message per batch ("batch"). In batch
+// mode the cases that do not need the fixture's create hook use an author
+// model without hooks, so that they go through the multi-row path.
 func TestConformanceReplicaCases(t *testing.T) {
 	cases, schema := loadFixtures(t)
 	byName := map[string]fixtureCase{}
@@ -251,40 +281,53 @@ func TestConformanceReplicaCases(t *testing.T) {
 			if err := replica.Migrate(ctx, db.DB, db.Dialect, replica.Options{}); err != nil {
 				t.Fatal(err)
 			}
-			for _, mode := range []string{"tombstones", "django_compat"} {
-				t.Run(mode, func(t *testing.T) {
-					eng, err := replica.NewEngine(ctx, db.DB, db.Dialect, fixtureRegistry(t),
-						replica.Options{Queue: fixtureQueue, DjangoCompat: mode == "django_compat"})
-					if err != nil {
-						t.Fatal(err)
-					}
-					for _, c := range cases {
-						t.Run(c.Case, func(t *testing.T) {
-							for _, table := range []string{"author_ref", "book_ref", replica.DefaultTombstoneTable} {
-								if _, err := db.ExecContext(ctx, "DELETE FROM "+table); err != nil {
-									t.Fatal(err)
-								}
-							}
-							for _, s := range c.Steps {
-								exp := ourBehaviour(mode, c, s, byName)
-								got, err := deliver(ctx, eng, s)
-								if got != exp.outcome {
-									t.Errorf("step %d: outcome %s, want %s %s (last error: %v)", s.Step, got, exp.outcome, exp.why, err)
-								}
-								if strings.HasPrefix(got, "dead_lettered") && err != nil {
-									for _, p := range wantErrorPhrases(name, s.ReplicaLg) {
-										if !strings.Contains(err.Error(), p) {
-											t.Errorf("step %d: error %q does not say %q as django-cqrs does", s.Step, err, p)
-										}
+			for _, applyMode := range []string{"one", "batch"} {
+				for _, mode := range []string{"tombstones", "django_compat"} {
+					t.Run(applyMode+"/"+mode, func(t *testing.T) {
+						opts := replica.Options{Queue: fixtureQueue, DjangoCompat: mode == "django_compat"}
+						eng, err := replica.NewEngine(ctx, db.DB, db.Dialect, fixtureRegistry(t), opts)
+						if err != nil {
+							t.Fatal(err)
+						}
+						plain, err := replica.NewEngine(ctx, db.DB, db.Dialect, plainFixtureRegistry(t), opts)
+						if err != nil {
+							t.Fatal(err)
+						}
+						for _, c := range cases {
+							t.Run(c.Case, func(t *testing.T) {
+								apply := applyFunc(eng.Apply)
+								if applyMode == "batch" {
+									apply = batchOfOne(eng)
+									if !usesFailHook(c) {
+										apply = batchOfOne(plain)
 									}
 								}
-								for _, table := range []string{"author_ref", "book_ref"} {
-									compareRows(t, db, schema[table], table, s.Step, exp.rows[table], exp.why)
+								for _, table := range []string{"author_ref", "book_ref", replica.DefaultTombstoneTable} {
+									if _, err := db.ExecContext(ctx, "DELETE FROM "+table); err != nil {
+										t.Fatal(err)
+									}
 								}
-							}
-						})
-					}
-				})
+								for _, s := range c.Steps {
+									exp := ourBehaviour(mode, c, s, byName)
+									got, err := deliver(ctx, apply, s)
+									if got != exp.outcome {
+										t.Errorf("step %d: outcome %s, want %s %s (last error: %v)", s.Step, got, exp.outcome, exp.why, err)
+									}
+									if strings.HasPrefix(got, "dead_lettered") && err != nil {
+										for _, p := range wantErrorPhrases(name, s.ReplicaLg) {
+											if !strings.Contains(err.Error(), p) {
+												t.Errorf("step %d: error %q does not say %q as django-cqrs does", s.Step, err, p)
+											}
+										}
+									}
+									for _, table := range []string{"author_ref", "book_ref"} {
+										compareRows(t, db, schema[table], table, s.Step, exp.rows[table], exp.why)
+									}
+								}
+							})
+						}
+					})
+				}
 			}
 		})
 	}

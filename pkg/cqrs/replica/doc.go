@@ -4,10 +4,23 @@
 // master→replica mapping, custom hooks, raw (table-less) replicas, metadata
 // delivery, select-for-update and only-direct-syncs.
 //
-// # One message, one transaction
+// # One message, one transaction — or a batch
 //
 // [Engine.Apply] runs each message in its own replica transaction;
-// [Engine.ApplyTx] runs it inside a transaction the caller owns (for batching).
+// [Engine.ApplyTx] runs it inside a transaction the caller owns.
+// [Engine.ApplyBatch] applies many messages in one transaction with the
+// same results as Apply one after the other: for a table model without
+// hooks it reads the stored revisions and tombstones of all pks of the
+// batch at once, decides every message in memory with the rules below, and
+// writes with multi-row DELETEs and revision-guarded upserts
+// (PostgreSQL/SQLite INSERT … ON CONFLICT (pk) DO UPDATE … WHERE
+// <rev> < excluded.<rev>; MySQL INSERT … ON DUPLICATE KEY UPDATE with IF()
+// guards; a SYNC's upsert is unguarded, as SYNCs apply whatever the
+// revision). The guard only protects against a writer outside the engine:
+// a guarded upsert that writes fewer rows than decided makes the group
+// apply one message at a time. A message the database rejects (a CHECK, a
+// numeric overflow) is found by splitting its group under savepoints, and
+// fails alone with Apply's error.
 // A returned error always means "not applied, retry later", except
 // [ErrUnknownModel]: the cqrs_id has no replica model and the consumer drops
 // the message. Errors for bad messages reuse django-cqrs's wording ("Bad

@@ -74,6 +74,9 @@ func NewEngine(ctx context.Context, db *sqlx.DB, d dialect.Dialect, reg *registr
 		if err != nil {
 			return nil, fmt.Errorf("replica: %w", err)
 		}
+		if d.Name() == dialect.Postgres && pgxDrivers[db.DriverName()] {
+			cm.pkArray = pgArrays[cm.pkType]
+		}
 		e.models[id] = cm
 		compiled.Store(compiledKey{m, d.Name()}, cm)
 	}
@@ -147,16 +150,6 @@ func (e *Engine) route(dl Delivery) (*model, error) {
 	return cm, nil
 }
 
-// skipIndirect reports whether a broadcast SYNC must be ignored.
-func (e *Engine) skipIndirect(cm *model, dl Delivery) bool {
-	if dl.Payload.SignalType != wire.SignalSync || !cm.m.OnlyDirectSyncs || dl.Direct {
-		return false
-	}
-	e.log.Info("CQRS broadcast SYNC ignored: model takes only direct syncs",
-		"cqrs_id", cm.m.CQRSID, "pk", pkString(dl.Payload.InstancePK), "queue", e.opts.Queue)
-	return true
-}
-
 func (e *Engine) applyContext(tx *sqlx.Tx, cm *model, p *wire.Payload) *registry.ApplyContext {
 	ac := &registry.ApplyContext{Tx: tx, Dialect: e.d, Model: cm.m, Payload: p, Sync: p.SignalType == wire.SignalSync}
 	if cm.m.DeliverMeta {
@@ -167,7 +160,7 @@ func (e *Engine) applyContext(tx *sqlx.Tx, cm *model, p *wire.Payload) *registry
 
 func (e *Engine) applyRaw(ctx context.Context, cm *model, dl Delivery) (Result, error) {
 	res := Result{StoredRevision: -1}
-	if e.skipIndirect(cm, dl) {
+	if e.indirect(logSink{l: e.log}, cm, dl) {
 		res.Outcome = OutcomeSkippedIndirect
 		return res, nil
 	}

@@ -120,3 +120,20 @@ func fixtureRegistry(t *testing.T) *registry.Registry {
 	}
 	return reg
 }
+
+// plainFixtureRegistry is fixtureRegistry without the author create hook:
+// the author model is then applied by ApplyBatch's multi-row path.
+func plainFixtureRegistry(t *testing.T) *registry.Registry {
+	t.Helper()
+	reg := registry.New()
+	if err := reg.RegisterReplica(registry.ReplicaModel{CQRSID: "author", Table: "author_ref", PK: "id"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.RegisterReplica(registry.ReplicaModel{
+		CQRSID: "book", Table: "book_ref", PK: "id",
+		Mapping: []registry.Mapping{{From: "id", To: "id"}, {From: "title", To: "name"}, {From: "author", To: "author_id"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}

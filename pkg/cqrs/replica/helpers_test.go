@@ -126,7 +126,7 @@ func nameOf(t *testing.T, db *testenv.DB, pk int) string {
 	return names[0]
 }
 
-func count(t *testing.T, db *testenv.DB, query string, args ...any) int {
+func count(t testing.TB, db *testenv.DB, query string, args ...any) int {
 	t.Helper()
 	var n int
 	if err := db.GetContext(context.Background(), &n, db.Rebind(query), args...); err != nil {

@@ -21,12 +21,23 @@ type model struct {
 	cols    []*column
 	byName  map[string]*column // model columns plus the two sync columns
 	pk      *column
+	all     []*column      // cols, then rev and upd: the order values are converted and written in
+	pkPos   int            // pk's position in all
+	pos     map[string]int // column name -> position in all
 	rev     *column
 	upd     *column
 	selRow  string // SELECT <cols>, rev, upd FROM t WHERE pk = ?
 	selLock string // the same with FOR UPDATE where the dialect has it
 	selRev  string // SELECT rev FROM t WHERE pk = ? [FOR UPDATE]
 	del     string // DELETE FROM t WHERE pk = ?
+	// soleKey is true when pk is the table's whole primary key, which the
+	// batched upserts (ON CONFLICT (pk)) need.
+	soleKey bool
+	pkType  string // the pk column's database type (information_schema data_type on PostgreSQL)
+	// pkArray is the PostgreSQL array type ApplyBatch binds the pks of a
+	// group as (one parameter, pgx only), "" to read by IN list.
+	pkArray string
+	batch   batchSQL // statement texts of ApplyBatch, built on demand
 }
 
 // compiled caches models compiled by NewEngine so that DefaultCreate,
@@ -110,6 +121,22 @@ func compile(ctx context.Context, q sqlx.QueryerContext, d dialect.Dialect, m *r
 		return nil, fmt.Errorf("%s: primary key %q is not among the model's columns", where, m.PK)
 	}
 	cm.pk = pk
+	keys := 0
+	for _, c := range dbCols {
+		if c.PrimaryKey {
+			keys++
+		}
+	}
+	cm.soleKey = keys == 1 && byDB[m.PK].PrimaryKey
+	cm.pkType = byDB[m.PK].DBType
+	cm.all = append(append([]*column{}, cm.cols...), cm.rev, cm.upd)
+	cm.pos = make(map[string]int, len(cm.all))
+	for i, c := range cm.all {
+		if c == pk {
+			cm.pkPos = i
+		}
+		cm.pos[c.name] = i
+	}
 
 	names := make([]string, 0, len(cm.cols)+2)
 	for _, c := range cm.cols {

@@ -89,6 +89,59 @@ func (cm *model) mapSave(p *wire.Payload) (*wire.Fields, error) {
 	return out, nil
 }
 
+// mapRaw is mapSave for ApplyBatch: the same checks and errors, but the
+// values land in raw by position in cm.all (set marks the present ones)
+// instead of in a new Fields.
+func (cm *model) mapRaw(p *wire.Payload, raw []any, set []bool) error {
+	id := cm.m.CQRSID
+	src := p.InstanceData
+	put := func(name string, v any) {
+		if j, ok := cm.pos[name]; ok {
+			raw[j], set[j] = v, true
+		}
+	}
+	if len(cm.m.Mapping) > 0 {
+		rv, _ := src.Get(wire.RevisionKey)
+		uv, _ := src.Get(wire.UpdatedKey)
+		put(cm.rev.name, rv)
+		put(cm.upd.name, uv)
+		for _, mp := range cm.m.Mapping {
+			v, ok := src.Get(mp.From)
+			if !ok {
+				return fmt.Errorf("replica: %w for %s %s", ErrBadMapping, mp.From, where(id, p.InstancePK))
+			}
+			put(mp.To, v)
+		}
+	} else {
+		for _, k := range src.Keys() {
+			v, _ := src.Get(k)
+			switch k {
+			case wire.RevisionKey:
+				put(cm.rev.name, v)
+			case wire.UpdatedKey:
+				put(cm.upd.name, v)
+			default:
+				if c, known := cm.byName[k]; known && c != cm.rev && c != cm.upd {
+					put(k, v)
+				}
+			}
+		}
+	}
+	if !set[cm.pkPos] {
+		return fmt.Errorf("replica: %w in data %s: no %q", ErrNoPK, where(id, p.InstancePK), cm.pk.name)
+	}
+	var missing []string
+	for j, c := range cm.all {
+		if c.required && c != cm.pk && c != cm.rev && c != cm.upd && !set[j] {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("replica: %w in data %s: missing %q", ErrRequiredFields, where(id, raw[cm.pkPos]), missing)
+	}
+	return nil
+}
+
 // existingRow is a replica row read before applying.
 type existingRow struct {
 	rev    int64
@@ -136,7 +189,8 @@ func (e *Engine) applySave(ctx context.Context, tx *sqlx.Tx, cm *model, dl Deliv
 	res := Result{StoredRevision: -1}
 	p := dl.Payload
 	id := cm.m.CQRSID
-	if e.skipIndirect(cm, dl) {
+	sink := logSink{l: e.log}
+	if e.indirect(sink, cm, dl) {
 		res.Outcome = OutcomeSkippedIndirect
 		return res, nil
 	}
@@ -159,7 +213,7 @@ func (e *Engine) applySave(ctx context.Context, tx *sqlx.Tx, cm *model, dl Deliv
 	if err != nil {
 		return res, fmt.Errorf("replica: %s: read %s: %w", at, cm.m.Table, err)
 	}
-	log := e.log.With("cqrs_id", id, "pk", pkString(pk), "cqrs_revision", rev, "queue", e.opts.Queue)
+	log := e.saveLogger(sink, id, pk, rev)
 	isSync := p.SignalType == wire.SignalSync
 
 	if row == nil {
@@ -168,9 +222,7 @@ func (e *Engine) applySave(ctx context.Context, tx *sqlx.Tx, cm *model, dl Deliv
 			if tomb, err = e.tomb.get(ctx, tx, id, pkKey(pk)); err != nil {
 				return res, fmt.Errorf("replica: %s: %w", at, err)
 			}
-			if tomb != nil && rev <= tomb.revision && !upd.After(tomb.updated) {
-				log.Info("CQRS skipped: the row was deleted by a later DELETE (tombstone)",
-					"tombstone_revision", tomb.revision, "tombstone_updated", tomb.updated)
+			if tombstoneSkips(log, tomb, rev, upd) {
 				res.Outcome = OutcomeSkippedTombstone
 				return res, nil
 			}
@@ -195,27 +247,9 @@ func (e *Engine) applySave(ctx context.Context, tx *sqlx.Tx, cm *model, dl Deliv
 		return res, nil
 	}
 
-	res.StoredRevision = row.rev
-	switch {
-	case isSync:
-		if row.rev > rev {
-			log.Warn(fmt.Sprintf("CQRS revision downgrade on sync: pk = %s, cqrs_revision = new %d / existing %d (%s).", pkString(pk), rev, row.rev, id))
-			res.Downgrade = true
-		}
-	case row.rev > rev:
-		log.Warn(fmt.Sprintf("Wrong CQRS sync order: pk = %s, cqrs_revision = new %d / existing %d (%s).", pkString(pk), rev, row.rev, id))
-		res.Outcome = OutcomeSkippedStale
+	res, apply := judge(log, id, pk, rev, row.rev, isSync)
+	if !apply {
 		return res, nil
-	case row.rev == rev:
-		log.Warn(fmt.Sprintf("Received duplicate CQRS data: pk = %s, cqrs_revision = %d (%s).", pkString(pk), rev, id))
-		if rev == 0 {
-			log.Warn(fmt.Sprintf("CQRS potential creation race condition: pk = %s (%s).", pkString(pk), id))
-		}
-		res.Outcome = OutcomeSkippedDuplicate
-		return res, nil
-	case rev > row.rev+1:
-		res.Gap = rev - row.rev - 1
-		log.Warn(fmt.Sprintf("Lost or filtered out %d CQRS packages: pk = %s, cqrs_revision = %d (%s)", res.Gap, pkString(pk), rev, id))
 	}
 	if cm.m.Hooks.Update != nil {
 		err = cm.m.Hooks.Update(ctx, ac, row.fields, data)
@@ -234,8 +268,7 @@ func (e *Engine) applySave(ctx context.Context, tx *sqlx.Tx, cm *model, dl Deliv
 
 // args converts the columns present in data, in the model's column order.
 func (cm *model) args(data *wire.Fields, skip *column) (cols []*column, vals []any, err error) {
-	all := append(append([]*column{}, cm.cols...), cm.rev, cm.upd)
-	for _, c := range all {
+	for _, c := range cm.all {
 		if c == skip {
 			continue
 		}

@@ -22,10 +22,13 @@ type tombstone struct {
 type tombstones struct {
 	d     dialect.Dialect
 	table string // as configured, for messages
+	qt    string // quoted
 	get1  string
 	put1  string
 	clr1  string
 	prune string
+
+	putHead, putTail string // of put1 and of ApplyBatch's multi-row put
 }
 
 func newTombstones(ctx context.Context, q sqlx.QueryerContext, d dialect.Dialect, table string) (*tombstones, error) {
@@ -46,24 +49,28 @@ func newTombstones(ctx context.Context, q sqlx.QueryerContext, d dialect.Dialect
 			return nil, fmt.Errorf("replica: tombstone table %q has no column %q (run replica.Migrate)", table, c)
 		}
 	}
-	t := &tombstones{d: d, table: table}
+	t := &tombstones{d: d, table: table, qt: qt}
 	t.get1 = d.Rebind("SELECT revision, updated FROM " + qt + " WHERE cqrs_id = ? AND pk = ?")
 	t.clr1 = d.Rebind("DELETE FROM " + qt + " WHERE cqrs_id = ? AND pk = ?")
 	t.prune = d.Rebind("DELETE FROM " + qt + " WHERE deleted_at < ?")
-	ins := "INSERT INTO " + qt + " (cqrs_id, pk, revision, updated, deleted_at) VALUES (?, ?, ?, ?, ?)"
+	// put1 and the multi-row put of ApplyBatch share head and tail:
+	// head + "(?, ?, ?, ?, ?)[, ...]" + tail.
 	switch d.Name() {
 	case dialect.Postgres:
-		t.put1 = "INSERT INTO " + qt + " AS tb (cqrs_id, pk, revision, updated, deleted_at) VALUES (?, ?, ?, ?, ?)" +
-			" ON CONFLICT (cqrs_id, pk) DO UPDATE SET revision = GREATEST(tb.revision, EXCLUDED.revision)," +
+		t.putHead = "INSERT INTO " + qt + " AS tb (cqrs_id, pk, revision, updated, deleted_at) VALUES "
+		t.putTail = " ON CONFLICT (cqrs_id, pk) DO UPDATE SET revision = GREATEST(tb.revision, EXCLUDED.revision)," +
 			" updated = GREATEST(tb.updated, EXCLUDED.updated), deleted_at = EXCLUDED.deleted_at"
 	case dialect.MySQL:
-		t.put1 = ins + " ON DUPLICATE KEY UPDATE revision = GREATEST(revision, VALUES(revision))," +
+		t.putHead = "INSERT INTO " + qt + " (cqrs_id, pk, revision, updated, deleted_at) VALUES "
+		t.putTail = " ON DUPLICATE KEY UPDATE revision = GREATEST(revision, VALUES(revision))," +
 			" updated = GREATEST(updated, VALUES(updated)), deleted_at = VALUES(deleted_at)"
 	default:
 		// SQLite: fixed-width UTC text, so max() on strings is max() on times.
-		t.put1 = ins + " ON CONFLICT (cqrs_id, pk) DO UPDATE SET revision = max(revision, excluded.revision)," +
+		t.putHead = "INSERT INTO " + qt + " (cqrs_id, pk, revision, updated, deleted_at) VALUES "
+		t.putTail = " ON CONFLICT (cqrs_id, pk) DO UPDATE SET revision = max(revision, excluded.revision)," +
 			" updated = max(updated, excluded.updated), deleted_at = excluded.deleted_at"
 	}
+	t.put1 = t.putHead + "(?, ?, ?, ?, ?)" + t.putTail
 	t.put1 = d.Rebind(t.put1)
 	return t, nil
 }
@@ -77,6 +84,11 @@ func (t *tombstones) get(ctx context.Context, tx *sqlx.Tx, cqrsID, pk string) (*
 		}
 		return nil, fmt.Errorf("read tombstone from %s: %w", t.table, err)
 	}
+	return t.parse(rv, uv)
+}
+
+// parse reads a scanned revision and updated time.
+func (t *tombstones) parse(rv, uv any) (*tombstone, error) {
 	rev, ok := asInt64(rv)
 	if !ok {
 		return nil, fmt.Errorf("tombstone table %s: revision %v is not an integer", t.table, rv)

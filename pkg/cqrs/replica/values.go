@@ -198,7 +198,40 @@ func floatArg(c *column, v any) (any, error) {
 	return nil, valueError(c, v, "is not a number")
 }
 
-var decimalRe = regexp.MustCompile(`^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$`)
+// isDecimal reports whether s is a decimal number: [+-]digits[.digits] or
+// [+-].digits, with an optional exponent [eE][+-]digits.
+func isDecimal(s string) bool {
+	i := 0
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		i++
+	}
+	digits := func() int {
+		n := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	n := digits()
+	if i < len(s) && s[i] == '.' {
+		i++
+		n += digits()
+	}
+	if n == 0 {
+		return false
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(s)
+}
 
 // decimalArg binds the number's text so the database rounds it to the
 // column's scale (as PostgreSQL and MySQL do); on SQLite, with a declared
@@ -220,7 +253,7 @@ func decimalArg(d dialect.Dialect, c *column, v any) (any, error) {
 		}
 		s = strconv.FormatInt(i, 10)
 	}
-	if !decimalRe.MatchString(s) {
+	if !isDecimal(s) {
 		return nil, valueError(c, v, "is not a decimal number")
 	}
 	if d.Name() != dialect.SQLite || c.scale < 0 {

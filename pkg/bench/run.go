@@ -1,0 +1,650 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/gocqrs/gocqrs/pkg/cqrs/consumer"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/outbox"
+	"github.com/gocqrs/gocqrs/pkg/transports"
+)
+
+// Figure names.
+const (
+	fWritePlain  = "master write: tx without outbox"
+	fWriteOutbox = "master write: tx with outbox"
+	fRawAMQP     = "baseline: raw AMQP, pipelined confirms"
+	fRelay       = "relay: pre-filled outbox → broker"
+	fRawUpsert   = "baseline: raw batched guarded upsert"
+	fApply       = "replica apply: pre-filled queue"
+	fDrain       = "end-to-end drain: outbox → replica"
+	fP50         = "latency commit→applied p50"
+	fP99         = "latency commit→applied p99"
+)
+
+const cqrsID = "bench_author"
+
+// env is one run's databases and transport.
+type env struct {
+	o        Options
+	mdb, rdb *sqlx.DB
+	d        dialect.Dialect
+	tr       transports.Transport
+	queue    string
+	m        *master.Master
+	reader   *master.Master
+	rreg     *registry.Registry
+	eng      *replica.Engine
+	cleanup  []func()
+}
+
+func (e *env) close() {
+	for i := len(e.cleanup) - 1; i >= 0; i-- {
+		e.cleanup[i]()
+	}
+}
+
+func randomName(prefix string) string {
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	return prefix + "_" + hex.EncodeToString(b[:])
+}
+
+const tableColumns = `(id BIGINT PRIMARY KEY, name VARCHAR(200) NOT NULL, rating NUMERIC(8,2) NULL,
+	active BOOLEAN NOT NULL, cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated %s NULL)`
+
+func newEnv(ctx context.Context, o Options) (*env, error) {
+	e := &env{o: o, queue: randomName("bench")}
+	var err error
+	if o.PostgresURL != "" {
+		e.d, _ = dialect.For("postgres")
+		if e.mdb, err = pgSchema(ctx, e, o.PostgresURL, "m"); err != nil {
+			return e, err
+		}
+		if e.rdb, err = pgSchema(ctx, e, o.PostgresURL, "r"); err != nil {
+			return e, err
+		}
+	} else {
+		e.d, _ = dialect.For("sqlite")
+		dir, err := os.MkdirTemp("", "gocqrs-bench-")
+		if err != nil {
+			return e, err
+		}
+		e.cleanup = append(e.cleanup, func() { os.RemoveAll(dir) })
+		for _, side := range []struct {
+			db   **sqlx.DB
+			file string
+		}{{&e.mdb, "master.db"}, {&e.rdb, "replica.db"}} {
+			db, err := sqlx.Open("sqlite", "file:"+filepath.Join(dir, side.file)+"?_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate")
+			if err != nil {
+				return e, err
+			}
+			db.SetMaxOpenConns(4)
+			*side.db = db
+			e.cleanup = append(e.cleanup, func() { db.Close() })
+		}
+	}
+	ts := "TIMESTAMPTZ"
+	if e.d.Name() == dialect.SQLite {
+		ts = "DATETIME"
+	}
+	cols := fmt.Sprintf(tableColumns, ts)
+	for _, s := range []struct {
+		db    *sqlx.DB
+		table string
+	}{{e.mdb, "bench_author"}, {e.mdb, "bench_plain"}, {e.rdb, "bench_author_ref"}, {e.rdb, "bench_upsert"}} {
+		if _, err := s.db.ExecContext(ctx, "CREATE TABLE "+s.table+" "+cols); err != nil {
+			return e, fmt.Errorf("create %s: %w", s.table, err)
+		}
+	}
+	if err := outbox.Migrate(ctx, e.mdb, e.d); err != nil {
+		return e, err
+	}
+	if err := replica.Migrate(ctx, e.rdb, e.d, replica.Options{}); err != nil {
+		return e, err
+	}
+	mreg := registry.New()
+	if err := mreg.RegisterMaster(registry.MasterModel{CQRSID: cqrsID, Table: "bench_author"}); err != nil {
+		return e, err
+	}
+	if e.m, err = master.New(ctx, e.mdb, mreg); err != nil {
+		return e, err
+	}
+	readReg := registry.New()
+	if err := readReg.RegisterMaster(registry.MasterModel{CQRSID: "ref", Table: "bench_author_ref"}); err != nil {
+		return e, err
+	}
+	if e.reader, err = master.New(ctx, e.rdb, readReg); err != nil {
+		return e, err
+	}
+	e.rreg = registry.New()
+	if err := e.rreg.RegisterReplica(registry.ReplicaModel{CQRSID: cqrsID, Table: "bench_author_ref"}); err != nil {
+		return e, err
+	}
+	if e.eng, err = replica.NewEngine(ctx, e.rdb, e.d, e.rreg, replica.Options{Queue: e.queue, Logger: o.Logger}); err != nil {
+		return e, err
+	}
+	cfg := transports.Config{Transport: o.Transport, URL: o.AMQPURL, Exchange: randomName("bench_x")}
+	cfg.Memory.MaxPending = 4*o.Rows + 100000
+	if e.tr, err = transports.New(ctx, cfg.WithDefaults(), o.Logger); err != nil {
+		return e, err
+	}
+	e.cleanup = append(e.cleanup, func() { e.tr.Close() })
+	if _, err := e.tr.ReplicaSubscriptions(e.queue, transports.DefaultDeadLetterQueue(e.queue), []string{cqrsID}); err != nil {
+		return e, err
+	}
+	if o.Transport == transports.RabbitMQName {
+		e.cleanup = append(e.cleanup, func() {
+			_ = deleteAMQP(o.AMQPURL, cfg.Exchange, e.queue, transports.DefaultDeadLetterQueue(e.queue))
+		})
+	}
+	return e, nil
+}
+
+func pgSchema(ctx context.Context, e *env, base, side string) (*sqlx.DB, error) {
+	admin, err := sqlx.Open("pgx", base)
+	if err != nil {
+		return nil, err
+	}
+	schema := randomName("bench_" + side)
+	if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+schema); err != nil {
+		admin.Close()
+		return nil, fmt.Errorf("create schema: %w", err)
+	}
+	e.cleanup = append(e.cleanup, func() {
+		_, _ = admin.ExecContext(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
+		admin.Close()
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, err
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	db, err := sqlx.Open("pgx", u.String())
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(8)
+	e.cleanup = append(e.cleanup, func() { db.Close() })
+	return db, nil
+}
+
+func runOnce(ctx context.Context, o Options, rep *Report) error {
+	e, err := newEnv(ctx, o)
+	defer e.close()
+	if err != nil {
+		return err
+	}
+	p := o.Progress
+	// 1. master write overhead.
+	fmt.Fprintf(p, "  master write: %d transactions each way\n", o.WriteTxs)
+	plain, err := timeIt(func() error { return e.writePlain(ctx, o.WriteTxs) })
+	if err != nil {
+		return err
+	}
+	withOutbox, err := timeIt(func() error { return e.writeOutbox(ctx, o.WriteTxs) })
+	if err != nil {
+		return err
+	}
+	rep.figure(fWritePlain, "tx/s").Runs = append(rep.figure(fWritePlain, "tx/s").Runs, float64(o.WriteTxs)/plain.Seconds())
+	fw := rep.figure(fWriteOutbox, "tx/s")
+	fw.Runs = append(fw.Runs, float64(o.WriteTxs)/withOutbox.Seconds())
+	fw.Against, fw.Goal, fw.Higher, fw.GoalIsRatio = fWritePlain, 1/1.5, true, true
+	if err := e.reset(ctx); err != nil {
+		return err
+	}
+
+	// 2. relay from a pre-filled outbox, with its baseline.
+	if o.Transport == transports.RabbitMQName {
+		fmt.Fprintf(p, "  baseline: raw AMQP publisher, %d messages\n", o.Rows)
+		rate, err := rawAMQP(ctx, o.AMQPURL, o.Rows, sampleBody())
+		if err != nil {
+			return fmt.Errorf("raw AMQP baseline: %w", err)
+		}
+		f := rep.figure(fRawAMQP, "msg/s")
+		f.Runs = append(f.Runs, rate)
+	}
+	fmt.Fprintf(p, "  filling the outbox with %d creates\n", o.Rows)
+	if err := e.prefillCreates(ctx, o.Rows); err != nil {
+		return err
+	}
+	fmt.Fprintln(p, "  relay: publishing the outbox")
+	relay, err := outbox.NewRelay(e.mdb, e.d, e.tr.Publisher(), outbox.RelayOptions{BatchSize: o.RelayBatch, Logger: o.Logger})
+	if err != nil {
+		return err
+	}
+	dur, err := timeIt(func() error { return drainOutbox(ctx, relay) })
+	if err != nil {
+		return err
+	}
+	fr := rep.figure(fRelay, "msg/s")
+	fr.Runs = append(fr.Runs, float64(o.Rows)/dur.Seconds())
+	if o.Transport == transports.RabbitMQName {
+		fr.Against, fr.Goal, fr.Higher, fr.GoalIsRatio = fRawAMQP, 0.7, true, true
+	}
+
+	// 3. replica apply from the pre-filled queue, with its baseline.
+	fmt.Fprintf(p, "  baseline: raw batched guarded upsert, %d rows\n", o.Rows)
+	rate, err := e.rawUpsert(ctx, o.Rows, 500)
+	if err != nil {
+		return fmt.Errorf("raw upsert baseline: %w", err)
+	}
+	rep.figure(fRawUpsert, "rows/s").Runs = append(rep.figure(fRawUpsert, "rows/s").Runs, rate)
+	fmt.Fprintln(p, "  replica apply: consuming the queue")
+	rec := newRecorder(e.eng)
+	stopConsumer, cons, err := e.startConsumer(ctx, rec)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := waitFor(ctx, 10*time.Minute, func() bool { return cons.Stats().Done() >= int64(o.Rows) }); err != nil {
+		stopConsumer()
+		return fmt.Errorf("apply: %d of %d messages done: %w", cons.Stats().Done(), o.Rows, err)
+	}
+	fa := rep.figure(fApply, "rows/s")
+	fa.Runs = append(fa.Runs, float64(o.Rows)/time.Since(start).Seconds())
+	fa.Against, fa.Goal, fa.Higher, fa.GoalIsRatio = fRawUpsert, 0.5, true, true
+
+	// 4. end-to-end drain of updates, relay and consumer running together.
+	fmt.Fprintf(p, "  filling the outbox with %d updates\n", o.Rows)
+	if err := e.prefillUpdates(ctx, o.Rows); err != nil {
+		stopConsumer()
+		return err
+	}
+	before := cons.Stats().Done()
+	rctx, stopRelay := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = relay.Run(rctx) }()
+	fmt.Fprintln(p, "  drain: relay and replica running")
+	start = time.Now()
+	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Stats().Done()-before >= int64(o.Rows) })
+	if err != nil {
+		stopRelay()
+		wg.Wait()
+		stopConsumer()
+		return fmt.Errorf("drain: %w", err)
+	}
+	fd := rep.figure(fDrain, "rows/s")
+	fd.Runs = append(fd.Runs, float64(o.Rows)/time.Since(start).Seconds())
+	fd.Goal, fd.Higher = 10000, true
+
+	// 5. latency at a fixed offered rate.
+	fmt.Fprintf(p, "  latency: %d rows/s for %s\n", o.Rate, o.RateFor)
+	p50, p99, err := e.latency(ctx, rec, relay, o.Rate, o.RateFor)
+	stopRelay()
+	wg.Wait()
+	stopConsumer()
+	if err != nil {
+		return err
+	}
+	f50 := rep.figure(fP50, "ms")
+	f50.Runs = append(f50.Runs, p50)
+	f99 := rep.figure(fP99, "ms")
+	f99.Runs = append(f99.Runs, p99)
+	f99.Goal, f99.Higher = 100, false
+
+	verdict, err := e.compare(ctx)
+	if err != nil {
+		return err
+	}
+	if verdict != "" {
+		rep.Equal = false
+		rep.Compared = append(rep.Compared, "replica DIFFERS from master: "+verdict)
+	} else {
+		n, _ := e.count(ctx)
+		rep.Compared = append(rep.Compared, fmt.Sprintf("replica equal to master, %d rows compared field by field", n))
+	}
+	return nil
+}
+
+func timeIt(fn func() error) (time.Duration, error) {
+	start := time.Now()
+	err := fn()
+	return time.Since(start), err
+}
+
+func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not done after %s", limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func sampleBody() []byte {
+	p := &wire.Payload{SignalType: wire.SignalSave, CQRSID: cqrsID, InstancePK: 1, Meta: wire.NewFields(),
+		InstanceData: wire.FieldsOf(wire.RevisionKey, 0, wire.UpdatedKey, "2026-11-27 10:00:00.123456+00:00",
+			"id", 1, "name", "author 1", "rating", 4.5, "active", true)}
+	b, _ := wire.Encode(p)
+	return b
+}
+
+func (e *env) writePlain(ctx context.Context, n int) error {
+	q := e.d.Rebind("INSERT INTO bench_plain (id, name, rating, active, cqrs_revision, cqrs_updated) VALUES (?, ?, ?, ?, 0, ?)")
+	for i := 1; i <= n; i++ {
+		tx, err := e.mdb.BeginTxx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, q, i, "author "+strconv.Itoa(i), "4.50", true, time.Now().UTC()); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *env) writeOutbox(ctx context.Context, n int) error {
+	for i := 1; i <= n; i++ {
+		tx, err := e.mdb.BeginTxx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := e.m.Insert(ctx, tx, cqrsID, map[string]any{"id": i, "name": "author " + strconv.Itoa(i), "rating": "4.50", "active": true}); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reset empties the master table and the outbox after the write measurement.
+func (e *env) reset(ctx context.Context) error {
+	for _, q := range []string{"DELETE FROM bench_author", "DELETE FROM cqrs_outbox"} {
+		if _, err := e.mdb.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *env) prefillCreates(ctx context.Context, n int) error {
+	const chunk = 1000
+	for lo := 1; lo <= n; lo += chunk {
+		tx, err := e.mdb.BeginTxx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		var pks []any
+		for i := lo; i < lo+chunk && i <= n; i++ {
+			if _, err := tx.ExecContext(ctx, e.d.Rebind("INSERT INTO bench_author (id, name, rating, active) VALUES (?, ?, ?, ?)"),
+				i, "author "+strconv.Itoa(i), fmt.Sprintf("%d.%02d", i%1000, i%100), i%2 == 0); err != nil {
+				tx.Rollback()
+				return err
+			}
+			pks = append(pks, i)
+		}
+		if err := e.m.SaveMany(ctx, tx, cqrsID, pks, master.Created()); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *env) prefillUpdates(ctx context.Context, n int) error {
+	const chunk = 1000
+	for lo := 1; lo <= n; lo += chunk {
+		var pks []any
+		for i := lo; i < lo+chunk && i <= n; i++ {
+			pks = append(pks, i)
+		}
+		tx, err := e.mdb.BeginTxx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := e.m.UpdateMany(ctx, tx, cqrsID, pks, map[string]any{"name": fmt.Sprintf("updated %d", lo)}); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func drainOutbox(ctx context.Context, r *outbox.Relay) error {
+	for {
+		n, err := r.RunOnce(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+// rawUpsert is the database's limit: n rows in multi-row revision-guarded
+// upserts of batch rows per transaction.
+func (e *env) rawUpsert(ctx context.Context, n, batch int) (float64, error) {
+	now := time.Now().UTC()
+	start := time.Now()
+	for lo := 1; lo <= n; lo += batch {
+		var vals []string
+		var args []any
+		for i := lo; i < lo+batch && i <= n; i++ {
+			vals = append(vals, "(?, ?, ?, ?, ?, ?)")
+			args = append(args, i, "author "+strconv.Itoa(i), "4.50", true, 1, now)
+		}
+		q := "INSERT INTO bench_upsert (id, name, rating, active, cqrs_revision, cqrs_updated) VALUES " + join(vals) +
+			" ON CONFLICT (id) DO UPDATE SET name = excluded.name, rating = excluded.rating, active = excluded.active," +
+			" cqrs_revision = excluded.cqrs_revision, cqrs_updated = excluded.cqrs_updated WHERE bench_upsert.cqrs_revision < excluded.cqrs_revision"
+		tx, err := e.rdb.BeginTxx(ctx, nil)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tx.ExecContext(ctx, e.d.Rebind(q), args...); err != nil {
+			tx.Rollback()
+			return 0, err
+		}
+		if err := tx.Commit(); err != nil {
+			return 0, err
+		}
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+func join(parts []string) string {
+	out := ""
+	for i, p := range parts {
+		if i > 0 {
+			out += ", "
+		}
+		out += p
+	}
+	return out
+}
+
+func (e *env) startConsumer(ctx context.Context, ap consumer.Applier) (stop func(), c *consumer.Consumer, err error) {
+	c, err = consumer.New(e.tr, e.rreg, ap, consumer.Options{Queue: e.queue, BatchSize: e.o.BatchSize, Logger: e.o.Logger})
+	if err != nil {
+		return nil, nil, err
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(cctx) }()
+	select {
+	case <-c.Running():
+	case err := <-done:
+		cancel()
+		return nil, nil, fmt.Errorf("consumer: %w", err)
+	}
+	return func() { cancel(); <-done }, c, nil
+}
+
+// latency offers rate updates per second for dur, one transaction every
+// 10 ms, and returns the p50 and p99 of commit→applied in milliseconds.
+func (e *env) latency(ctx context.Context, rec *recorder, relay *outbox.Relay, rate int, dur time.Duration) (p50, p99 float64, err error) {
+	perTick := max(1, rate/100)
+	ticks := int(dur / (10 * time.Millisecond))
+	committed := map[string]time.Time{}
+	rec.start()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	pk := 0
+	for t := 0; t < ticks; t++ {
+		<-tick.C
+		tx, err := e.mdb.BeginTxx(ctx, nil)
+		if err != nil {
+			return 0, 0, err
+		}
+		var keys []string
+		for i := 0; i < perTick; i++ {
+			pk = pk%e.o.Rows + 1
+			if err := e.m.Update(ctx, tx, cqrsID, pk, map[string]any{"name": fmt.Sprintf("latency %d", t)}); err != nil {
+				tx.Rollback()
+				return 0, 0, err
+			}
+			keys = append(keys, strconv.Itoa(pk))
+		}
+		if err := tx.Commit(); err != nil {
+			return 0, 0, err
+		}
+		relay.Wake()
+		now := time.Now()
+		for _, k := range keys {
+			committed[k] = now
+		}
+	}
+	want := len(committed)
+	var lat []float64
+	err = waitFor(ctx, 2*time.Minute, func() bool {
+		lat = rec.latencies(committed)
+		return len(lat) >= want
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("latency: %d of %d rows applied: %w", len(lat), want, err)
+	}
+	sort.Float64s(lat)
+	return lat[len(lat)*50/100], lat[min(len(lat)-1, len(lat)*99/100)], nil
+}
+
+func (e *env) compare(ctx context.Context) (string, error) {
+	mrows, err := e.m.Rows(ctx, e.mdb, cqrsID, nil)
+	if err != nil {
+		return "", err
+	}
+	rrows, err := e.reader.Rows(ctx, e.rdb, "ref", nil)
+	if err != nil {
+		return "", err
+	}
+	if len(mrows) != len(rrows) {
+		return fmt.Sprintf("master has %d rows, replica %d", len(mrows), len(rrows)), nil
+	}
+	for i := range mrows {
+		a, _ := wire.MarshalValue(mrows[i])
+		b, _ := wire.MarshalValue(rrows[i])
+		if string(a) != string(b) {
+			return fmt.Sprintf("row %d: master %s, replica %s", i, a, b), nil
+		}
+	}
+	return "", nil
+}
+
+func (e *env) count(ctx context.Context) (int, error) {
+	var n int
+	err := e.rdb.GetContext(ctx, &n, "SELECT COUNT(*) FROM bench_author_ref")
+	return n, err
+}
+
+// recorder wraps the engine and notes when each pk was last applied, for
+// the latency measurement.
+type recorder struct {
+	eng *replica.Engine
+	mu  sync.Mutex
+	on  bool
+	at  map[string]time.Time
+}
+
+func newRecorder(eng *replica.Engine) *recorder {
+	return &recorder{eng: eng, at: map[string]time.Time{}}
+}
+
+func (r *recorder) start() {
+	r.mu.Lock()
+	r.on = true
+	r.at = map[string]time.Time{}
+	r.mu.Unlock()
+}
+
+func (r *recorder) note(dls []replica.Delivery) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.on {
+		return
+	}
+	now := time.Now()
+	for _, dl := range dls {
+		r.at[fmt.Sprint(dl.Payload.InstancePK)] = now
+	}
+}
+
+// Apply implements consumer.Applier.
+func (r *recorder) Apply(ctx context.Context, dl replica.Delivery) (replica.Result, error) {
+	res, err := r.eng.Apply(ctx, dl)
+	if err == nil {
+		r.note([]replica.Delivery{dl})
+	}
+	return res, err
+}
+
+// ApplyBatch implements consumer.BatchApplier.
+func (r *recorder) ApplyBatch(ctx context.Context, dls []replica.Delivery) ([]replica.Result, []error, error) {
+	res, errs, err := r.eng.ApplyBatch(ctx, dls)
+	if err == nil {
+		r.note(dls)
+	}
+	return res, errs, err
+}
+
+func (r *recorder) latencies(committed map[string]time.Time) []float64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []float64
+	for k, c := range committed {
+		if a, ok := r.at[k]; ok && !a.Before(c) {
+			out = append(out, float64(a.Sub(c).Microseconds())/1000)
+		}
+	}
+	return out
+}
+
+var errNoAMQP = errors.New("bench: the rabbitmq transport needs an AMQP URL")

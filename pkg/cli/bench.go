@@ -1,0 +1,65 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/gocqrs/gocqrs/pkg/bench"
+)
+
+func runBench(ctx context.Context, env Env, args []string) error {
+	fs := newFlags(env, "bench", `cqrs bench [--transport memory|rabbitmq] [--url AMQP_URL] [--postgres URL] [--rows N] [--runs N]
+
+Measures gocqrs on this machine and, in the same run, the machine's limits:
+master write with and without the outbox, relay rate against a raw pipelined
+AMQP publisher, replica apply rate against a raw batched revision-guarded
+upsert, end-to-end drain, and commit→applied latency at a fixed offered rate.
+Every run ends with a row-by-row comparison of master and replica. Fresh
+tables (PostgreSQL schemas, or SQLite files when --postgres is empty) and
+fresh broker queues are made for each run and removed after it.`)
+	transport := fs.String("transport", "memory", "memory or rabbitmq")
+	amqpURL := fs.String("url", env.Getenv("CQRS_URL"), "RabbitMQ URL for --transport rabbitmq (default $CQRS_URL)")
+	pg := fs.String("postgres", "", "PostgreSQL URL for both sides (default: SQLite files)")
+	rows := fs.Int("rows", 100000, "messages for the relay, apply and drain measurements")
+	writes := fs.Int("writes", 2000, "transactions for the master write measurement")
+	runs := fs.Int("runs", 3, "runs; the table shows the median")
+	batch := fs.Int("batch", 500, "replica batch size (1 = one message per transaction)")
+	rate := fs.Int("rate", 2000, "offered rows/s for the latency measurement")
+	rateFor := fs.Duration("rate-for", 5*time.Second, "how long the latency load runs")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	switch *transport {
+	case "memory":
+	case "rabbitmq":
+		if *amqpURL == "" {
+			return usagef("--transport rabbitmq needs --url (or $CQRS_URL)")
+		}
+	default:
+		return usagef("--transport %q: want memory or rabbitmq", *transport)
+	}
+	for name, v := range map[string]int{"rows": *rows, "writes": *writes, "runs": *runs, "batch": *batch, "rate": *rate} {
+		if v < 1 {
+			return usagef("--%s %d: want a positive number", name, v)
+		}
+	}
+	rep, err := bench.Run(ctx, bench.Options{
+		Rows: *rows, WriteTxs: *writes, Runs: *runs, Rate: *rate, RateFor: *rateFor,
+		Transport: *transport, AMQPURL: *amqpURL, PostgresURL: *pg, BatchSize: *batch,
+		Progress: env.Stderr,
+	})
+	if rep != nil && len(rep.Figures) > 0 {
+		rep.Print(env.Stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if !rep.Equal {
+		return fmt.Errorf("the replica differs from the master")
+	}
+	return nil
+}

@@ -1,0 +1,247 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Run publishes outbox rows until ctx is done, polling adaptively: at once
+// after a full batch, PollMin after a partial one, and an idle wait doubling
+// from PollMin to PollMax when there is nothing to publish (cut short by
+// [Relay.Wake]). On PostgreSQL it also LISTENs for the outbox table's
+// notifications (see [Migrate] and notify.go) and wakes itself when rows
+// are committed: an idle relay publishes at once instead of after up to
+// PollMax; the adaptive polling stays, for the rows of writers that left
+// the notifying to another transaction and as the fallback. Failed cycles
+// are logged, counted in [Relay.Stats] and retried after ErrorBackoff
+// (doubling up to ErrorBackoffMax).
+//
+// While the outbox holds a backlog, Run overlaps the database work with
+// publishing: while one batch is being published, the batch before it is
+// deleted and the next one is claimed and checked, and the next batch's
+// rows of entities the current one does not hold are published at once, so
+// that the broker never runs dry between batches. The next batch's rows of
+// an entity still in flight wait for that entity's outcome: they are
+// published only if its rows in flight were all confirmed, and released
+// otherwise. A relay holds two batches then; so that relays sharing hot
+// entities do not hold each other's rows back twice as much, a batch that
+// had to hand rows back behind another relay's (RelayStats.Released) is not
+// followed by a claim ahead.
+//
+// When ctx is cancelled, Run finishes the batch in flight (publish, delete,
+// release; bounded by ClaimTTL), settles the part of the batch claimed
+// ahead that already went out, releases the rest and returns nil. It returns an error only if Run is already running on this
+// relay.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.runMu.TryLock() {
+		return errors.New("outbox: relay: Run is already running on this relay")
+	}
+	defer r.runMu.Unlock()
+	r.log.Debug("outbox relay started")
+	defer r.log.Debug("outbox relay stopped")
+
+	listening := r.startListener(ctx)
+	defer listening.stop()
+
+	var (
+		idle    = r.opts.PollMin
+		errWait time.Duration
+		next    *prepared // claimed ahead while the batch before was published
+		behind  *settled  // published, not finished yet
+	)
+	// finishBehind finishes the batch behind; it reports the error only.
+	finishBehind := func() error {
+		if behind == nil {
+			return nil
+		}
+		s := *behind
+		behind = nil
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+		defer cancel()
+		return r.conclude(s, nil, r.finish(fctx, s))
+	}
+	defer func() {
+		_ = finishBehind()
+		if next != nil {
+			r.abandon(ctx, next)
+		}
+	}()
+
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		cur, err := next, error(nil)
+		next = nil
+		if cur == nil {
+			if err = finishBehind(); err == nil {
+				cur, err = r.prepareUncancelled(ctx, nil)
+			}
+		}
+		published := 0
+		if err == nil && !cur.empty() {
+			published, err = r.runBatch(ctx, cur, &next, &behind)
+		}
+		r.cycles.Add(1)
+
+		var wait time.Duration
+		wakeable := true
+		switch {
+		case err != nil:
+			if errWait == 0 {
+				errWait = r.opts.ErrorBackoff
+			} else {
+				errWait = min(2*errWait, r.opts.ErrorBackoffMax)
+			}
+			wait, wakeable = errWait, false
+			idle = r.opts.PollMin
+		case published > 0 && cur.full(r.opts.BatchSize):
+			errWait, idle = 0, r.opts.PollMin
+		case published > 0:
+			errWait, idle = 0, r.opts.PollMin
+			wait = r.opts.PollMin
+		default:
+			// Nothing published: an empty outbox, or rows that must wait
+			// (held by another relay, set aside).
+			errWait = 0
+			wait = idle
+			idle = min(2*idle, r.opts.PollMax)
+		}
+		if wait <= 0 {
+			continue
+		}
+		// Nothing is held while waiting.
+		_ = finishBehind() // recorded and logged; the wait is decided already
+		if next != nil {
+			r.abandon(ctx, next)
+			next = nil
+		}
+		woken, ok := r.sleep(ctx, wait, wakeable)
+		if !ok {
+			return nil
+		}
+		if woken {
+			idle = r.opts.PollMin
+		}
+	}
+}
+
+// runBatch publishes cur and returns how many of its rows were published.
+// Meanwhile it finishes the batch behind and, when cur was a full batch
+// with rows to publish and not contended, claims the next one and starts
+// publishing its rows of entities cur does not hold (the batch is stored in
+// *next, its rows of entities cur did not fully confirm held back); cur's
+// settlement becomes the batch behind. The error is cur's publish failure,
+// or a failure of the work done meanwhile.
+func (r *Relay) runBatch(ctx context.Context, cur *prepared, next **prepared, behind **settled) (int, error) {
+	// The batch is not cut off by ctx: it ends with its lease.
+	cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), cur.claimedAt.Add(r.opts.ClaimTTL))
+	defer cancel()
+
+	var (
+		aheadErr error
+		ahead    *prepared
+		done     = make(chan struct{})
+	)
+	prev := *behind
+	*behind = nil
+	go func() {
+		defer close(done)
+		if prev != nil {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+			aheadErr = r.conclude(*prev, nil, r.finish(fctx, *prev))
+			cancel()
+		}
+		if aheadErr == nil && cur.full(r.opts.BatchSize) && len(cur.keep) > 0 && !cur.contended && ctx.Err() == nil {
+			ahead, aheadErr = r.prepareUncancelled(ctx, cur.keep)
+			if ahead != nil {
+				r.launchEarly(ctx, ahead, cur.keep)
+			}
+		}
+	}()
+	s, pubErr := r.publishPrepared(cctx, cur, true)
+	<-done
+
+	if pubErr != nil {
+		// The transport failed: the batch ahead publishes nothing more.
+		if ahead != nil {
+			r.abandon(ctx, ahead)
+		}
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+		defer cancel()
+		return len(s.done), r.conclude(s, pubErr, r.finish(fctx, s))
+	}
+	if ahead != nil {
+		ahead.hold(s.blocked)
+		*next = ahead
+	}
+	*behind = &s
+	return len(s.done), aheadErr
+}
+
+// launchEarly starts publishing the rows of p whose entities have no row in
+// before (the batch being published): their order does not depend on how
+// before ends. p's other rows wait for before to settle (Relay.runBatch
+// holds back those of entities before did not fully confirm).
+func (r *Relay) launchEarly(ctx context.Context, p *prepared, before []claimedRow) {
+	busy := make(map[string]bool, len(before))
+	for _, row := range before {
+		busy[row.entityKey] = true
+	}
+	early := map[int64]bool{}
+	var rows []claimedRow
+	for _, row := range p.keep {
+		if !busy[row.entityKey] {
+			early[row.id] = true
+			rows = append(rows, row)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p.early, p.earlyRows, p.earlyDone = early, rows, make(chan struct{})
+	go func() {
+		defer close(p.earlyDone)
+		// Like every batch, it is not cut off by ctx: it ends with its lease.
+		cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), p.claimedAt.Add(r.opts.ClaimTTL))
+		defer cancel()
+		p.earlyOut = r.publishBatch(cctx, rows)
+	}()
+}
+
+// abandon ends a batch claimed ahead without publishing more of it: the
+// part that went early is awaited and settled, the rest is released.
+func (r *Relay) abandon(ctx context.Context, p *prepared) {
+	s, err := r.publishPrepared(context.WithoutCancel(ctx), p, false)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	_ = r.conclude(s, err, r.finish(fctx, s)) // recorded and logged
+}
+
+// prepareUncancelled prepares a batch without letting ctx cut the claim
+// short (a claim cut off after it committed would leave rows leased to no
+// one until the lease ends); ClaimTTL bounds it.
+func (r *Relay) prepareUncancelled(ctx context.Context, ahead []claimedRow) (*prepared, error) {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.ClaimTTL)
+	defer cancel()
+	return r.prepare(pctx, ahead)
+}
+
+// sleep waits d, or until ctx is done (ok false), or until Wake when wakeable.
+func (r *Relay) sleep(ctx context.Context, d time.Duration, wakeable bool) (woken, ok bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var wake <-chan struct{}
+	if wakeable {
+		wake = r.wake
+	}
+	select {
+	case <-ctx.Done():
+		return false, false
+	case <-t.C:
+		return false, true
+	case <-wake:
+		return true, true
+	}
+}
