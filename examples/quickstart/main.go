@@ -187,12 +187,12 @@ func run(ctx context.Context, n int, dir string, verbose bool) error {
 		return nil
 	}
 	if err := step("create", n, func(tx *sqlx.Tx, i int) error {
-		id, err := m.Insert(ctx, tx, "customer", map[string]any{
+		_, err := m.Insert(ctx, tx, "customer", map[string]any{
 			"id": i + 1, "name": fmt.Sprintf("Customer %d", i+1), "email": fmt.Sprintf("c%d@example.com", i+1),
 			"rating": fmt.Sprintf("%d.%02d", rng.IntN(100), rng.IntN(100)), "joined": fmt.Sprintf("20%02d-%02d-%02d", rng.IntN(25), 1+rng.IntN(12), 1+rng.IntN(28)),
 		})
 		if err == nil {
-			ids = append(ids, int(id.(int)))
+			ids = append(ids, i+1)
 		}
 		return err
 	}); err != nil {

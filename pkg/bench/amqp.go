@@ -12,8 +12,40 @@ import (
 
 // rawAMQP is the broker's limit as a plain amqp091 client sees it: n
 // persistent messages published to a fresh durable queue with publisher
-// confirms pipelined (at most window outstanding), in msgs/s.
-func rawAMQP(ctx context.Context, url string, n int, body []byte) (float64, error) {
+// confirms pipelined (at most window outstanding), then consumed back with
+// a prefetch of 1000 and one multiple-ack per 100 messages; both in msgs/s.
+func rawAMQP(ctx context.Context, url string, n int, body []byte) (publish, consume float64, err error) {
+	publish, err = rawAMQPPublish(ctx, url, n, body, func(ch *amqp.Channel, q string) error {
+		start := time.Now()
+		if err := ch.Qos(1000, 0, false); err != nil {
+			return err
+		}
+		deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+		if err != nil {
+			return err
+		}
+		for i := 1; i <= n; i++ {
+			select {
+			case d, ok := <-deliveries:
+				if !ok {
+					return fmt.Errorf("consumer closed after %d messages", i-1)
+				}
+				if i%100 == 0 || i == n {
+					if err := d.Ack(true); err != nil {
+						return err
+					}
+				}
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		consume = float64(n) / time.Since(start).Seconds()
+		return nil
+	})
+	return publish, consume, err
+}
+
+func rawAMQPPublish(ctx context.Context, url string, n int, body []byte, then func(ch *amqp.Channel, q string) error) (float64, error) {
 	if url == "" {
 		return 0, errNoAMQP
 	}
@@ -70,7 +102,8 @@ func rawAMQP(ctx context.Context, url string, n int, body []byte) (float64, erro
 			return 0, err
 		}
 	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	rate := float64(n) / time.Since(start).Seconds()
+	return rate, then(ch, q)
 }
 
 // deleteAMQP removes what a run declared on the broker.

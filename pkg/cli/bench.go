@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/gocqrs/gocqrs/pkg/bench"
@@ -27,6 +29,7 @@ fresh broker queues are made for each run and removed after it.`)
 	batch := fs.Int("batch", 500, "replica batch size (1 = one message per transaction)")
 	rate := fs.Int("rate", 2000, "offered rows/s for the latency measurement")
 	rateFor := fs.Duration("rate-for", 5*time.Second, "how long the latency load runs")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -46,6 +49,17 @@ fresh broker queues are made for each run and removed after it.`)
 		if v < 1 {
 			return usagef("--%s %d: want a positive number", name, v)
 		}
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	rep, err := bench.Run(ctx, bench.Options{
 		Rows: *rows, WriteTxs: *writes, Runs: *runs, Rate: *rate, RateFor: *rateFor,

@@ -76,12 +76,33 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 	args = append(args, now)
 	q := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", t.table, strings.Join(cols, ", "), strings.Join(marks, ", "))
 	pk, hasPK := values[mm.PK]
+	var row *wire.Fields // the inserted row, when the dialect returns it
 	switch {
+	case m.d.Name() != dialect.MySQL:
+		// One round trip: the insert returns the row as serialised.
+		rs, err := tx.QueryContext(ctx, m.d.Rebind(q+" RETURNING "+t.selectList()), args...)
+		if err != nil {
+			return nil, fmt.Errorf("master: insert %s: %w", cqrsID, err)
+		}
+		got, err := scanRows(rs, mm)
+		if err != nil {
+			return nil, fmt.Errorf("master: insert %s: %w", cqrsID, err)
+		}
+		if len(got) != 1 {
+			return nil, fmt.Errorf("master: insert %s: %d rows returned", cqrsID, len(got))
+		}
+		row = got[0]
+		pk, _ = row.Get(mm.PK)
+		if n, ok := pk.(json.Number); ok {
+			if i, err := n.Int64(); err == nil {
+				pk = i
+			}
+		}
 	case hasPK && pk != nil:
 		if _, err := tx.ExecContext(ctx, m.d.Rebind(q), args...); err != nil {
 			return nil, fmt.Errorf("master: insert %s: %w", cqrsID, err)
 		}
-	case m.d.Name() == dialect.MySQL:
+	default:
 		res, err := tx.ExecContext(ctx, m.d.Rebind(q), args...)
 		if err != nil {
 			return nil, fmt.Errorf("master: insert %s: %w", cqrsID, err)
@@ -91,10 +112,6 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 			return nil, fmt.Errorf("master: insert %s: generated key: %w", cqrsID, err)
 		}
 		pk = id
-	default:
-		if err := tx.QueryRowxContext(ctx, m.d.Rebind(q+" RETURNING "+t.pk), args...).Scan(&pk); err != nil {
-			return nil, fmt.Errorf("master: insert %s: %w", cqrsID, err)
-		}
 	}
 	if b, ok := pk.([]byte); ok {
 		pk = string(b)
@@ -112,7 +129,7 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		p.outboxID, p.oldTracked = 0, nil
 	}
 	p.created, p.bumped, p.deleted = true, true, false
-	return pk, m.emitSave(ctx, tx, mm, pk, p, nil)
+	return pk, m.emitSave(ctx, tx, mm, pk, p, row)
 }
 
 // Update changes fields of one row (changes keyed by field name), bumps its

@@ -71,7 +71,7 @@ func (m *Master) readRows(ctx context.Context, q sqlx.QueryerContext, mm *regist
 		return nil, err
 	}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "SELECT %s, %s, %s FROM %s", t.rev, t.upd, strings.Join(t.cols, ", "), t.table)
+	fmt.Fprintf(&sb, "SELECT %s FROM %s", t.selectList(), t.table)
 	if pks != nil {
 		if len(pks) == 0 {
 			return nil, nil
@@ -91,6 +91,17 @@ func (m *Master) readRows(ctx context.Context, q sqlx.QueryerContext, mm *regist
 	if err != nil {
 		return nil, err
 	}
+	return scanRows(rows, mm)
+}
+
+// selectList is the column list rows are read with: the sync columns, then
+// the fields in order.
+func (t *tableSQL) selectList() string {
+	return t.rev + ", " + t.upd + ", " + strings.Join(t.cols, ", ")
+}
+
+// scanRows serialises rows read with tableSQL.selectList, and closes them.
+func scanRows(rows *sql.Rows, mm *registry.MasterModel) ([]*wire.Fields, error) {
 	defer rows.Close()
 	var out []*wire.Fields
 	n := len(mm.Fields) + 2
@@ -121,6 +132,7 @@ func (m *Master) readRows(ctx context.Context, q sqlx.QueryerContext, mm *regist
 		for i, fd := range mm.Fields {
 			raw := vals[i+2]
 			if fd.Kind == dialect.KindDecimal && fd.Scale >= 0 && raw != nil {
+				var err error
 				if raw, err = quantize(raw, fd.Scale); err != nil {
 					return nil, fmt.Errorf("column %s: %w", fd.ColumnName(), err)
 				}
