@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 )
@@ -118,5 +119,35 @@ func TestDatabaseErrorsHidePasswords(t *testing.T) {
 	}
 	if strings.Contains(r.stderr, "s3cr3t-pw") {
 		t.Errorf("password in error: %s", r.stderr)
+	}
+}
+
+func TestPruneTombstones(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	cfg := writeConfig(t, "database: {driver: sqlite, dsn: "+path+"}\n")
+	if r := runCqrs(t, nil, "migrate", "--config", cfg); r.code != ExitOK {
+		t.Fatalf("migrate: %+v", r)
+	}
+	db, err := sqlx.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec("INSERT INTO cqrs_tombstones (cqrs_id, pk, revision, updated, deleted_at) VALUES ('a', '1', 1, '2020-01-01 00:00:00.000000+00:00', '2020-01-01 00:00:00.000000+00:00'), ('a', '2', 1, '2020-01-01 00:00:00.000000+00:00', ?)", time.Now().UTC().Format("2006-01-02 15:04:05.000000+00:00")); err != nil {
+		t.Fatal(err)
+	}
+	r := runCqrs(t, nil, "prune-tombstones", "--config", cfg, "--older-than", "24h")
+	if r.code != ExitOK || !strings.HasPrefix(r.stdout, "1 tombstone(s)") {
+		t.Fatalf("prune: %+v", r)
+	}
+	var left []string
+	if err := db.Select(&left, "SELECT pk FROM cqrs_tombstones"); err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0] != "2" {
+		t.Errorf("tombstones left: %v, want the recent one", left)
+	}
+	if r := runCqrs(t, nil, "prune-tombstones", "--older-than", "-1h"); r.code != ExitUsage {
+		t.Errorf("negative age: %+v", r)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/gocqrs/gocqrs/pkg/cqrs"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/consumer"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
+	"github.com/gocqrs/gocqrs/pkg/metrics"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
@@ -37,6 +38,7 @@ func runConsume(ctx context.Context, env Env, args []string) error {
 	fs.Var(&ids, "cqrs-id", "consume only this cqrs_id (repeatable, or comma-separated); default: every replica model")
 	cfgPath := fs.String("config", "", "configuration file (YAML or JSON; default $CQRS_CONFIG)")
 	shutdown := fs.Duration("shutdown-timeout", 30*time.Second, "how long SIGINT/SIGTERM waits for in-flight messages")
+	metricsAddr := fs.String("metrics-address", "", "serve /metrics, /healthz and /readyz on this host:port (default metrics.address)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -98,6 +100,14 @@ func runConsume(ctx context.Context, env Env, args []string) error {
 		consumers = 1
 	}
 	opts := consumerOptions(cfg, ids, logger)
+	cm := metrics.NewConsumerMetrics()
+	opts.Observer = cm
+	stopMetrics, err := serveMetrics(ctx, metricsAddress(*metricsAddr, cfg.Metrics.Address), logger,
+		[]metrics.Check{metrics.DBCheck(db.DB), metrics.TransportCheck(tr)}, cm)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	logger.Info("cqrs-consume started", "queue", cfg.Queue, "transport", tr.Name(), "workers", *workers, "cqrs_ids", ids)
 	return superviseWorkers(ctx, consumers, *shutdown, logger, func() (*consumer.Consumer, error) {
 		return consumer.New(tr, reg, eng, opts)

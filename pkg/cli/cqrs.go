@@ -17,10 +17,11 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"version": {"print the gocqrs version", runVersion},
-		"bench":   {"measure gocqrs against this machine's limits", runBench},
-		"migrate": {"create or upgrade the outbox and tombstone tables", runMigrate},
-		"relay":   {"publish the outbox until stopped (SIGINT/SIGTERM)", runRelay},
+		"version":          {"print the gocqrs version", runVersion},
+		"bench":            {"measure gocqrs against this machine's limits", runBench},
+		"prune-tombstones": {"delete the replica's old tombstones", runPruneTombstones},
+		"migrate":          {"create or upgrade the outbox and tombstone tables", runMigrate},
+		"relay":            {"publish the outbox until stopped (SIGINT/SIGTERM)", runRelay},
 
 		"sync":                 {"send SYNC messages for the master rows matching a filter", runSync},
 		"bulk-dump":            {"dump a master model in django-cqrs's bulk dump format", runBulkDump},

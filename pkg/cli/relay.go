@@ -7,6 +7,7 @@ import (
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
+	"github.com/gocqrs/gocqrs/pkg/metrics"
 	"github.com/gocqrs/gocqrs/pkg/outbox"
 )
 
@@ -46,6 +47,7 @@ func runRelay(ctx context.Context, env Env, args []string) error {
 	fs := newFlags(env, "relay", "cqrs relay [--config FILE] [--once]")
 	cfgPath := fs.String("config", "", "configuration file (YAML or JSON)")
 	once := fs.Bool("once", false, "publish what the outbox holds now, then exit")
+	metricsAddr := fs.String("metrics-address", "", "serve /metrics, /healthz and /readyz on this host:port (default metrics.address)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -60,7 +62,7 @@ func runRelay(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	db, _, err := openDB(ctx, cfg.Database)
+	db, d, err := openDB(ctx, cfg.Database)
 	if err != nil {
 		return err
 	}
@@ -70,12 +72,24 @@ func runRelay(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	defer tr.Close()
-	r, err := cqrs.NewRelay(db, tr.Publisher(), outbox.RelayOptions{
+	pub := metrics.InstrumentPublisher(tr.Publisher())
+	r, err := cqrs.NewRelay(db, pub, outbox.RelayOptions{
 		Table: cfg.Master.OutboxTable, BatchSize: cfg.Master.RelayBatchSize, Logger: logger,
 	})
 	if err != nil {
 		return err
 	}
+	var oopts []outbox.Option
+	if cfg.Master.OutboxTable != "" {
+		oopts = append(oopts, outbox.WithTable(cfg.Master.OutboxTable))
+	}
+	stopMetrics, err := serveMetrics(ctx, metricsAddress(*metricsAddr, cfg.Metrics.Address), logger,
+		[]metrics.Check{metrics.DBCheck(db.DB), metrics.TransportCheck(tr)},
+		pub, metrics.NewRelayCollector(r), metrics.NewOutboxCollector(db, d, logger, oopts...))
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	if *once {
 		total := 0
 		for {
