@@ -50,6 +50,9 @@ type Config struct {
 	Models []ModelConfig `mapstructure:"models"`
 	// Log configures log/slog output.
 	Log LogConfig `mapstructure:"log"`
+	// Metrics configures the /metrics, /healthz and /readyz endpoints of
+	// cqrs-consume and cqrs relay.
+	Metrics MetricsConfig `mapstructure:"metrics"`
 }
 
 // DatabaseConfig names the SQL database.
@@ -127,6 +130,13 @@ type LogConfig struct {
 	Level string `mapstructure:"level"`
 	// Format is text or json (default text).
 	Format string `mapstructure:"format"`
+}
+
+// MetricsConfig configures the metrics and health endpoints.
+type MetricsConfig struct {
+	// Address is host:port to serve /metrics, /healthz and /readyz on;
+	// empty (the default) serves nothing.
+	Address string `mapstructure:"address"`
 }
 
 // Duration is a time.Duration that decodes from seconds (a number, as

@@ -184,7 +184,9 @@ func (b *batcher) apply(items []*batchItem) {
 		dls[i] = it.dl
 	}
 	// A batch being applied is finished even when shutdown starts.
+	start := time.Now()
 	res, errs, err := b.ap.ApplyBatch(context.Background(), dls)
+	took := time.Since(start)
 	if err == nil && (len(res) != len(items) || len(errs) != len(items)) {
 		err = fmt.Errorf("consumer: batch applier returned %d results and %d errors for %d messages", len(res), len(errs), len(items))
 	}
@@ -196,18 +198,18 @@ func (b *batcher) apply(items []*batchItem) {
 		if err == nil {
 			r, e = res[i], errs[i]
 		}
-		b.c.concludeDetached(b, it, r, e)
+		b.c.concludeDetached(b, it, r, e, took)
 		<-b.inflight
 	}
 }
 
 // concludeDetached does with a detached message's result what process does
 // with an attached one: ack it, or retry or dead-letter it.
-func (c *Consumer) concludeDetached(b *batcher, it *batchItem, res replica.Result, err error) {
+func (c *Consumer) concludeDetached(b *batcher, it *batchItem, res replica.Result, err error, took time.Duration) {
 	p, attrs := it.dl.Payload, it.attrs
 	switch {
 	case err == nil:
-		c.applied(res, attrs)
+		c.applied(p.CQRSID, res, took, attrs)
 		c.settle(it.settle, true, attrs)
 	case errors.Is(err, replica.ErrUnknownModel):
 		c.stats.noModel.Add(1)
@@ -215,6 +217,7 @@ func (c *Consumer) concludeDetached(b *batcher, it *batchItem, res replica.Resul
 		c.settle(it.settle, true, attrs)
 	default:
 		c.stats.failed.Add(1)
+		c.observe(Event{Kind: EventFailed, CQRSID: p.CQRSID, Duration: took})
 		c.log.Warn("CQRS is failed", append(attrs, "error", err.Error())...)
 		if p.Retries >= c.maxRetries {
 			c.deadLetterDetached(it, "retries exhausted")

@@ -156,6 +156,8 @@ type Options struct {
 	// messages: a RabbitMQ prefetch must leave room for them); 0 means
 	// 2 × BatchSize, and it must be at least BatchSize.
 	BatchMaxInFlight int
+	// Observer, when set, receives per-message events (see [Observer]).
+	Observer Observer
 }
 
 // Consumer runs one replica queue's subscriptions on a Watermill router.
@@ -172,6 +174,7 @@ type Consumer struct {
 	consumed   map[string]bool
 	log        *slog.Logger
 	now        func() time.Time
+	observer   Observer
 
 	started atomic.Bool
 	running chan struct{}
@@ -269,6 +272,7 @@ func New(tr transports.Transport, reg *registry.Registry, ap Applier, opts Optio
 		consumed:   map[string]bool{},
 		log:        opts.Logger,
 		now:        opts.Now,
+		observer:   opts.Observer,
 		running:    make(chan struct{}),
 		slots:      make(chan struct{}, delayMax),
 	}

@@ -43,6 +43,7 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), attrs...)
 		return nil
 	}
+	c.observe(Event{Kind: EventReceived, CQRSID: p.CQRSID})
 	if p.Expires != nil && !c.now().Before(*p.Expires) {
 		return c.deadLetter(ctx, p, attrs, "expired")
 	}
@@ -55,9 +56,11 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 		}
 	}
 	// A message being applied is finished even when shutdown starts.
+	start := time.Now()
 	res, err := c.ap.Apply(context.WithoutCancel(ctx), dl)
+	took := time.Since(start)
 	if err == nil {
-		c.applied(res, attrs)
+		c.applied(p.CQRSID, res, took, attrs)
 		return nil
 	}
 	if errors.Is(err, replica.ErrUnknownModel) {
@@ -66,6 +69,7 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 		return nil
 	}
 	c.stats.failed.Add(1)
+	c.observe(Event{Kind: EventFailed, CQRSID: p.CQRSID, Duration: took})
 	c.log.Warn("CQRS is failed", append(attrs, "error", err.Error())...)
 	if p.Retries >= c.maxRetries {
 		return c.deadLetter(ctx, p, attrs, "retries exhausted")
@@ -97,6 +101,7 @@ func (c *Consumer) undecodable(ctx context.Context, msg *message.Message, routin
 			return nil
 		}
 		c.stats.failed.Add(1)
+		c.observe(Event{Kind: EventFailed, CQRSID: id})
 		attrs := []any{"cqrs_id", id, "routing_key", routingKey, "error", de.Error()}
 		c.log.Warn("CQRS is failed", append(attrs, "body", body)...)
 		return c.publishDeadLetter(ctx, id, msg.Payload, attrs, "undecodable value")
@@ -131,11 +136,12 @@ var skipReasons = map[replica.Outcome]string{
 // applied logs and counts a successful Apply. A DELETE of a missing row is
 // "applied", as django-cqrs acks it; any outcome that did not change the
 // replica is "skipped".
-func (c *Consumer) applied(res replica.Result, attrs []any) {
+func (c *Consumer) applied(cqrsID string, res replica.Result, took time.Duration, attrs []any) {
 	c.stats.outcome(res.Outcome)
 	attrs = append(attrs, "outcome", string(res.Outcome))
 	if res.Outcome.Applied() || res.Outcome == replica.OutcomeDeleteMissing {
 		c.stats.applied.Add(1)
+		c.observe(Event{Kind: EventApplied, CQRSID: cqrsID, Outcome: res.Outcome, Gap: res.Gap, Duration: took})
 		if res.Gap > 0 {
 			attrs = append(attrs, "lost_packages", res.Gap)
 		}
@@ -146,6 +152,7 @@ func (c *Consumer) applied(res replica.Result, attrs []any) {
 		return
 	}
 	c.stats.skipped.Add(1)
+	c.observe(Event{Kind: EventSkipped, CQRSID: cqrsID, Outcome: res.Outcome, Duration: took})
 	msg, ok := skipReasons[res.Outcome]
 	if !ok {
 		msg = "CQRS is skipped"
@@ -192,6 +199,7 @@ func (c *Consumer) publishRequeue(p *wire.Payload, attrs []any) error {
 		c.stats.requeued.Add(-1)
 		return fmt.Errorf("publish requeue copy on %q: %w", key, err)
 	}
+	c.observe(Event{Kind: EventRequeued, CQRSID: p.CQRSID})
 	c.log.Warn("CQRS is requeued", append(attrs, "requeue_routing_key", key, "requeue_retries", cp.Retries)...)
 	return nil
 }
@@ -230,6 +238,7 @@ func (c *Consumer) sendDeadLetter(cqrsID string, body []byte, attrs []any, reaso
 		return fmt.Errorf("publish dead letter on %q: %w", key, err)
 	}
 	c.stats.deadLettered.Add(1)
+	c.observe(Event{Kind: EventDeadLettered, CQRSID: cqrsID})
 	c.log.Warn("CQRS is added to dead letter queue", append(attrs, "reason", reason, "dead_letter_key", key)...)
 	return nil
 }
