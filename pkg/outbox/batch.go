@@ -263,6 +263,7 @@ func (b *batchRun) publishCall(topic string, idx []int) {
 		switch {
 		case !failed:
 			b.out[i] = outcome{state: confirmed}
+			b.r.logPublished(b.ctx, topic, msgs[j])
 			continue
 		case cause == nil:
 			cause = errors.New("publisher reported a failure without a cause")
@@ -303,6 +304,7 @@ func (b *batchRun) publishOneByOne(topic string, sent []int, msgs []*message.Mes
 		switch {
 		case err == nil:
 			b.out[i] = outcome{state: confirmed}
+			b.r.logPublished(b.ctx, topic, msgs[j])
 			continue
 		case b.r.opts.Rejected(err):
 			b.out[i] = outcome{state: refused, cause: err}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/gocqrs/gocqrs/pkg/tracectx"
 )
 
 // ErrUnroutable is returned (wrapped) by [RabbitMQ.Publish] when the broker
@@ -52,7 +54,9 @@ type pubChannel struct {
 // once the broker confirmed all of them. Messages go out as django-cqrs
 // sends them: persistent (delivery mode 2), content type "text/plain", no
 // headers and no other property, except an AMQP expiration when the message
-// has metadata [MetaExpiration] (milliseconds). Other metadata is not sent.
+// has metadata [MetaExpiration] (milliseconds), and the W3C trace context
+// headers "traceparent" (and "tracestate") when the message's metadata holds
+// a valid traceparent (see package tracectx). Other metadata is not sent.
 //
 // Every message is published with the mandatory flag, all of them before
 // the first confirm is awaited (pipelined: the broker has the whole call in
@@ -128,6 +132,12 @@ func publishing(msg *message.Message) (amqp.Publishing, error) {
 			}
 		}
 		p.Expiration = exp
+	}
+	if tp := msg.Metadata.Get(tracectx.HeaderTraceparent); tp != "" && tracectx.Validate(tp) == nil {
+		p.Headers = amqp.Table{tracectx.HeaderTraceparent: tp}
+		if ts := msg.Metadata.Get(tracectx.HeaderTracestate); ts != "" && tracectx.ValidateTracestate(ts) == nil {
+			p.Headers[tracectx.HeaderTracestate] = ts
+		}
 	}
 	return p, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/tracectx"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
@@ -36,6 +37,12 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 		return c.undecodable(ctx, msg, routingKey, err)
 	}
 	attrs := payloadAttrs(p, routingKey)
+	// The master's W3C trace context, when the message carries one, is in
+	// the log lines and in the context the replica's hooks run with.
+	ctx = tracectx.FromHeaders(ctx, msg.Metadata.Get)
+	if tp := tracectx.Traceparent(ctx); tp != "" {
+		attrs = append(attrs, "traceparent", tp)
+	}
 	c.log.Debug("CQRS is received", attrs...)
 
 	if !c.consumed[p.CQRSID] {
@@ -195,7 +202,9 @@ func (c *Consumer) publishRequeue(p *wire.Payload, attrs []any) error {
 	key := transports.DirectKey(c.queue, p.CQRSID)
 	// Counted before publishing: the copy may be consumed before Publish returns.
 	c.stats.requeued.Add(1)
-	if err := c.pub.Publish(key, message.NewMessage(watermill.NewUUID(), body)); err != nil {
+	m := message.NewMessage(watermill.NewUUID(), body)
+	traceOnto(m, attrs)
+	if err := c.pub.Publish(key, m); err != nil {
 		c.stats.requeued.Add(-1)
 		return fmt.Errorf("publish requeue copy on %q: %w", key, err)
 	}
@@ -227,6 +236,7 @@ func (c *Consumer) sendDeadLetter(cqrsID string, body []byte, attrs []any, reaso
 	key := transports.DeadLetterKey(c.dlq, cqrsID)
 	m := message.NewMessage(watermill.NewUUID(), body)
 	m.Metadata.Set(transports.MetaDeadLetterReason, reason)
+	traceOnto(m, attrs)
 	if c.ttl > 0 {
 		ms := c.ttl.Milliseconds()
 		if ms < 1 {

@@ -375,7 +375,7 @@ func (m *Master) saveMessage(ctx context.Context, tx *sqlx.Tx, mm *registry.Mast
 	if err != nil {
 		return outbox.Message{}, false, err
 	}
-	msg, err := m.message(mm, pk, pl, transports.BroadcastKey(mm.CQRSID))
+	msg, err := m.message(ctx, mm, pk, pl, transports.BroadcastKey(mm.CQRSID))
 	return msg, err == nil, err
 }
 
@@ -436,7 +436,7 @@ func (m *Master) Delete(ctx context.Context, tx *sqlx.Tx, cqrsID string, pk any)
 	if err != nil {
 		return err
 	}
-	msg, err := m.message(mm, realPK, pl, transports.BroadcastKey(cqrsID))
+	msg, err := m.message(ctx, mm, realPK, pl, transports.BroadcastKey(cqrsID))
 	if err != nil {
 		return err
 	}
@@ -477,7 +477,7 @@ func (m *Master) Sync(ctx context.Context, tx *sqlx.Tx, cqrsID string, pks []any
 		if err != nil {
 			return 0, err
 		}
-		msg, err := m.message(mm, pk, pl, key)
+		msg, err := m.message(ctx, mm, pk, pl, key)
 		if err != nil {
 			return 0, err
 		}
@@ -530,12 +530,12 @@ func (m *Master) envelope(ctx context.Context, mm *registry.MasterModel, sig wir
 	return p, nil
 }
 
-func (m *Master) message(mm *registry.MasterModel, pk any, p *wire.Payload, routingKey string) (outbox.Message, error) {
+func (m *Master) message(ctx context.Context, mm *registry.MasterModel, pk any, p *wire.Payload, routingKey string) (outbox.Message, error) {
 	body, err := wire.Encode(p)
 	if err != nil {
 		return outbox.Message{}, fmt.Errorf("master: %s pk %v: encode: %w", mm.CQRSID, pk, err)
 	}
-	return outbox.Message{CQRSID: mm.CQRSID, EntityKey: entityKey(mm.CQRSID, pk), Topic: routingKey, Body: body}, nil
+	return outbox.Message{CQRSID: mm.CQRSID, EntityKey: entityKey(mm.CQRSID, pk), Topic: routingKey, Body: body, Headers: logHeaders(ctx, pk, p)}, nil
 }
 
 func (m *Master) insert(ctx context.Context, tx *sqlx.Tx, msgs []outbox.Message, pends []*pending) error {
