@@ -242,6 +242,8 @@ func (b *batchRun) publishCall(topic string, idx []int) {
 	if len(msgs) == 0 {
 		return
 	}
+	spans := startPublishSpans(b.ctx, topic, msgs)
+	defer spans.endRest()
 	err := b.r.pub.Publish(topic, msgs...)
 	if err != nil {
 		b.r.failed.Add(1)
@@ -252,7 +254,7 @@ func (b *batchRun) publishCall(topic string, idx []int) {
 		// nothing publisher (the memory transport's full topic) may take
 		// some of them alone. Publish them one at a time, as a relay
 		// without batching would.
-		b.publishOneByOne(topic, sent, msgs)
+		b.publishOneByOne(topic, sent, msgs, spans)
 		return
 	}
 	failures := transports.PublishFailures(err, len(msgs))
@@ -262,6 +264,7 @@ func (b *batchRun) publishCall(topic string, idx []int) {
 		cause, failed := failures[j]
 		switch {
 		case !failed:
+			spans.end(j, nil)
 			b.out[i] = outcome{state: confirmed}
 			b.r.logPublished(b.ctx, topic, msgs[j])
 			continue
@@ -271,6 +274,7 @@ func (b *batchRun) publishCall(topic string, idx []int) {
 		if firstCause == nil {
 			firstCause = cause
 		}
+		spans.end(j, cause)
 		if b.r.opts.Rejected(cause) {
 			b.out[i] = outcome{state: refused, cause: cause}
 			refusedRows++
@@ -292,8 +296,9 @@ func (b *batchRun) publishCall(topic string, idx []int) {
 
 // publishOneByOne publishes msgs (of the rows sent, in id order) one call
 // each, leaving out the later rows of an entity once one of its rows
-// failed, and stopping at a failure that is not a refusal.
-func (b *batchRun) publishOneByOne(topic string, sent []int, msgs []*message.Message) {
+// failed, and stopping at a failure that is not a refusal. Each call ends
+// its message's span (spans may be nil).
+func (b *batchRun) publishOneByOne(topic string, sent []int, msgs []*message.Message, spans publishSpans) {
 	blocked := map[string]bool{}
 	for j, i := range sent {
 		row := b.rows[i]
@@ -301,6 +306,7 @@ func (b *batchRun) publishOneByOne(topic string, sent []int, msgs []*message.Mes
 			continue // not tried: released behind its entity's failed row
 		}
 		err := b.r.pub.Publish(topic, msgs[j])
+		spans.end(j, err)
 		switch {
 		case err == nil:
 			b.out[i] = outcome{state: confirmed}

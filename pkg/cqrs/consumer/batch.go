@@ -11,6 +11,7 @@ import (
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/otelcqrs"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
@@ -184,6 +185,7 @@ func (b *batcher) apply(items []*batchItem) {
 		dls[i] = it.dl
 	}
 	// A batch being applied is finished even when shutdown starts.
+	spans := startBatchSpans(items)
 	start := time.Now()
 	res, errs, err := b.ap.ApplyBatch(context.Background(), dls)
 	took := time.Since(start)
@@ -198,6 +200,7 @@ func (b *batcher) apply(items []*batchItem) {
 		if err == nil {
 			r, e = res[i], errs[i]
 		}
+		otelcqrs.EndApply(spans[i], string(r.Outcome), e)
 		b.c.concludeDetached(b, it, r, e, took)
 		<-b.inflight
 	}

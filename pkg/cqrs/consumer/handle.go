@@ -13,6 +13,7 @@ import (
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/otelcqrs"
 	"github.com/gocqrs/gocqrs/pkg/tracectx"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
@@ -64,8 +65,10 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 	}
 	// A message being applied is finished even when shutdown starts.
 	start := time.Now()
-	res, err := c.ap.Apply(context.WithoutCancel(ctx), dl)
+	actx, span := startApplySpan(context.WithoutCancel(ctx), p)
+	res, err := c.ap.Apply(actx, dl)
 	took := time.Since(start)
+	otelcqrs.EndApply(span, string(res.Outcome), err)
 	if err == nil {
 		c.applied(p.CQRSID, res, took, attrs)
 		return nil

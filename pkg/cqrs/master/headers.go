@@ -5,14 +5,16 @@ import (
 	"strconv"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/otelcqrs"
 	"github.com/gocqrs/gocqrs/pkg/outbox"
 	"github.com/gocqrs/gocqrs/pkg/tracectx"
 )
 
 // logHeaders are the outbox row headers of a message: the pk, revision and
 // correlation id (when it is a string) for the relay's log lines, and the
-// W3C trace context ctx carries (see package tracectx), which transports
-// send as message headers. The body (the wire protocol) is not affected.
+// W3C trace context of ctx (its OpenTelemetry span, else what package
+// tracectx carries; see otelcqrs.Traceparent), which transports send as
+// message headers. The body (the wire protocol) is not affected.
 func logHeaders(ctx context.Context, pk any, p *wire.Payload) map[string]string {
 	h := make(map[string]string, 5)
 	h[outbox.MetadataPK] = pkString(pk)
@@ -22,9 +24,9 @@ func logHeaders(ctx context.Context, pk any, p *wire.Payload) map[string]string 
 	if cid, ok := p.CorrelationID.(string); ok {
 		h[outbox.MetadataCorrelationID] = cid
 	}
-	if tp := tracectx.Traceparent(ctx); tp != "" {
+	if tp, ts := otelcqrs.Traceparent(ctx); tp != "" {
 		h[tracectx.HeaderTraceparent] = tp
-		if ts := tracectx.Tracestate(ctx); ts != "" {
+		if ts != "" {
 			h[tracectx.HeaderTracestate] = ts
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/otelcqrs"
 	"github.com/gocqrs/gocqrs/pkg/outbox"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
@@ -531,6 +532,10 @@ func (m *Master) envelope(ctx context.Context, mm *registry.MasterModel, sig wir
 }
 
 func (m *Master) message(ctx context.Context, mm *registry.MasterModel, pk any, p *wire.Payload, routingKey string) (outbox.Message, error) {
+	// The outbox write span (a no-op without an OpenTelemetry provider):
+	// the row carries its span context as traceparent.
+	ctx, span := otelcqrs.StartWrite(ctx, mm.CQRSID, pkString(pk), string(p.SignalType))
+	defer span.End()
 	body, err := wire.Encode(p)
 	if err != nil {
 		return outbox.Message{}, fmt.Errorf("master: %s pk %v: encode: %w", mm.CQRSID, pk, err)

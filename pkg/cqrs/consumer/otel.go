@@ -1,0 +1,45 @@
+package consumer
+
+import (
+	"context"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/otelcqrs"
+	"github.com/gocqrs/gocqrs/pkg/tracectx"
+)
+
+// startApplySpan starts the "cqrs.replica.apply" span of p (see package
+// otelcqrs), child of the trace context ctx carries.
+func startApplySpan(ctx context.Context, p *wire.Payload) (context.Context, trace.Span) {
+	rev, ok := p.Revision()
+	if !ok {
+		rev = -1
+	}
+	return otelcqrs.StartApply(ctx, p.CQRSID, valueText(p.InstancePK), rev)
+}
+
+// startBatchSpans starts the apply span of each message of a batch, child
+// of the traceparent found in its log attributes (see process); they end
+// when the batch is concluded.
+func startBatchSpans(items []*batchItem) []trace.Span {
+	spans := make([]trace.Span, len(items))
+	for i, it := range items {
+		ctx := tracectx.WithTraceparent(context.Background(), traceparentOf(it.attrs))
+		_, spans[i] = startApplySpan(ctx, it.dl.Payload)
+	}
+	return spans
+}
+
+// traceparentOf returns the traceparent in a message's log attributes, ""
+// if none.
+func traceparentOf(attrs []any) string {
+	for i := 0; i+1 < len(attrs); i += 2 {
+		if k, _ := attrs[i].(string); k == tracectx.HeaderTraceparent {
+			tp, _ := attrs[i+1].(string)
+			return tp
+		}
+	}
+	return ""
+}
