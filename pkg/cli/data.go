@@ -201,6 +201,43 @@ func (de *dataEnv) newEngine(ctx context.Context) (*replica.Engine, error) {
 	})
 }
 
+// openMaster checks that id is a master model (where names the source of the
+// id, as for masterFor), opens the database and returns the master, with the
+// master models bound, and the SQL names of the model.
+func (de *dataEnv) openMaster(ctx context.Context, id, where string) (*master.Master, *tableRef, error) {
+	if err := de.masterFor(id, where); err != nil {
+		return nil, nil, err
+	}
+	if err := de.open(ctx); err != nil {
+		return nil, nil, err
+	}
+	m, err := de.newMaster(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	t, err := de.masterTable(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, t, nil
+}
+
+// openReplicaTable checks that id is a replica model, opens the database,
+// binds the replica models (without an engine: the diff stages only read)
+// and returns the SQL names of the model.
+func (de *dataEnv) openReplicaTable(ctx context.Context, id, where string) (*tableRef, error) {
+	if err := de.replicaFor(id, where); err != nil {
+		return nil, err
+	}
+	if err := de.open(ctx); err != nil {
+		return nil, err
+	}
+	if err := de.bindReplicas(ctx); err != nil {
+		return nil, err
+	}
+	return de.replicaTable(id)
+}
+
 // masterTable returns the SQL names of a bound master model.
 func (de *dataEnv) masterTable(id string) (*tableRef, error) {
 	mm, _ := de.reg.Master(id)

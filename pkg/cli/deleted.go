@@ -50,16 +50,7 @@ func runDeletedDiffReplica(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	defer de.Close()
-	if err := de.replicaFor(*id, "--cqrs-id"); err != nil {
-		return err
-	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	if err := de.bindReplicas(ctx); err != nil {
-		return err
-	}
-	t, err := de.replicaTable(*id)
+	t, err := de.openReplicaTable(ctx, *id, "--cqrs-id")
 	if err != nil {
 		return err
 	}
@@ -145,16 +136,7 @@ func runDeletedDiffMaster(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	id := parts[0]
-	if err := de.masterFor(id, "stdin line 1"); err != nil {
-		return err
-	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	if _, err := de.newMaster(ctx); err != nil { // binds the master models
-		return err
-	}
-	t, err := de.masterTable(id)
+	_, t, err := de.openMaster(ctx, id, "stdin line 1")
 	if err != nil {
 		return err
 	}

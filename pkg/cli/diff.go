@@ -50,17 +50,7 @@ func runDiffMaster(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	defer de.Close()
-	if err := de.masterFor(*id, "--cqrs-id"); err != nil {
-		return err
-	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	m, err := de.newMaster(ctx)
-	if err != nil {
-		return err
-	}
-	t, err := de.masterTable(*id)
+	m, t, err := de.openMaster(ctx, *id, "--cqrs-id")
 	if err != nil {
 		return err
 	}
@@ -168,16 +158,7 @@ func runDiffReplica(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	id := parts[0]
-	if err := de.replicaFor(id, "stdin line 1"); err != nil {
-		return err
-	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	if err := de.bindReplicas(ctx); err != nil {
-		return err
-	}
-	t, err := de.replicaTable(id)
+	t, err := de.openReplicaTable(ctx, id, "stdin line 1")
 	if err != nil {
 		return err
 	}

@@ -58,17 +58,7 @@ func runSync(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	defer de.Close()
-	if err := de.masterFor(*id, "--cqrs-id"); err != nil {
-		return err
-	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	m, err := de.newMaster(ctx)
-	if err != nil {
-		return err
-	}
-	t, err := de.masterTable(*id)
+	m, t, err := de.openMaster(ctx, *id, "--cqrs-id")
 	if err != nil {
 		return err
 	}
