@@ -52,6 +52,11 @@ type Options struct {
 	Progress io.Writer
 	// Logger receives the components' logs; nil discards them.
 	Logger *slog.Logger
+	// Phase, when set, is called as each measured phase of a run starts
+	// ("write", "relay", "apply", "drain", "latency"); the function it
+	// returns is called when that phase ends. The bench command uses it to
+	// profile one phase.
+	Phase func(name string) (end func())
 }
 
 func (o *Options) fill() {
@@ -84,6 +89,9 @@ func (o *Options) fill() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Phase == nil {
+		o.Phase = func(string) func() { return func() {} }
 	}
 }
 

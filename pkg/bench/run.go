@@ -197,13 +197,28 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		return err
 	}
 	p := o.Progress
+	// Each measured phase reports its CPU use on the progress output: it
+	// tells whether the machine's cores were the bound.
+	userPhase := o.Phase
+	o.Phase = func(name string) func() {
+		end := userPhase(name)
+		at := sampleCPU()
+		return func() {
+			u := cpuSince(at)
+			end()
+			fmt.Fprintf(p, "    %s: %s\n", name, u)
+		}
+	}
 	// 1. master write overhead.
 	fmt.Fprintf(p, "  master write: %d transactions each way\n", o.WriteTxs)
+	endPhase := o.Phase("write")
 	plain, err := timeIt(func() error { return e.writePlain(ctx, o.WriteTxs) })
 	if err != nil {
+		endPhase()
 		return err
 	}
 	withOutbox, err := timeIt(func() error { return e.writeOutbox(ctx, o.WriteTxs) })
+	endPhase()
 	if err != nil {
 		return err
 	}
@@ -236,7 +251,9 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	if err != nil {
 		return err
 	}
+	endPhase = o.Phase("relay")
 	dur, err := timeIt(func() error { return drainOutbox(ctx, relay) })
+	endPhase()
 	if err != nil {
 		return err
 	}
@@ -255,12 +272,16 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	rep.figure(fRawUpsert, "rows/s").Runs = append(rep.figure(fRawUpsert, "rows/s").Runs, rate)
 	fmt.Fprintln(p, "  replica apply: consuming the queue")
 	rec := newRecorder(e.eng)
+	endPhase = o.Phase("apply")
 	stopConsumer, cons, err := e.startConsumer(ctx, rec)
 	if err != nil {
+		endPhase()
 		return err
 	}
 	start := time.Now()
-	if err := waitFor(ctx, 10*time.Minute, func() bool { return cons.Stats().Done() >= int64(o.Rows) }); err != nil {
+	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Stats().Done() >= int64(o.Rows) })
+	endPhase()
+	if err != nil {
 		stopConsumer()
 		return fmt.Errorf("apply: %d of %d messages done: %w", cons.Stats().Done(), o.Rows, err)
 	}
@@ -286,8 +307,10 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = relay.Run(rctx) }()
 	fmt.Fprintln(p, "  drain: relay and replica running")
+	endPhase = o.Phase("drain")
 	start = time.Now()
 	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Stats().Done()-before >= int64(o.Rows) })
+	endPhase()
 	if err != nil {
 		stopRelay()
 		wg.Wait()
@@ -300,7 +323,9 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 
 	// 5. latency at a fixed offered rate.
 	fmt.Fprintf(p, "  latency: %d rows/s for %s\n", o.Rate, o.RateFor)
+	endPhase = o.Phase("latency")
 	p50, p99, err := e.latency(ctx, rec, relay, o.Rate, o.RateFor)
+	endPhase()
 	stopRelay()
 	wg.Wait()
 	stopConsumer()

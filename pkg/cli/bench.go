@@ -29,7 +29,8 @@ fresh broker queues are made for each run and removed after it.`)
 	batch := fs.Int("batch", 500, "replica batch size (1 = one message per transaction)")
 	rate := fs.Int("rate", 2000, "offered rows/s for the latency measurement")
 	rateFor := fs.Duration("rate-for", 5*time.Second, "how long the latency load runs")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file (go tool pprof): of the whole run, or of --profile-phase")
+	profilePhase := fs.String("profile-phase", "", "profile only this phase of every run: write, relay, apply, drain or latency")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -50,21 +51,35 @@ fresh broker queues are made for each run and removed after it.`)
 			return usagef("--%s %d: want a positive number", name, v)
 		}
 	}
+	switch *profilePhase {
+	case "", "write", "relay", "apply", "drain", "latency":
+	default:
+		return usagef("--profile-phase %q: want write, relay, apply, drain or latency", *profilePhase)
+	}
+	if *profilePhase != "" && *cpuProfile == "" {
+		return usagef("--profile-phase needs --cpuprofile")
+	}
+	var phase func(string) func()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
+		if *profilePhase == "" {
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
+		} else {
+			// pprof writes one profile per file: the first run's phase.
+			phase = phaseProfiler(f, *profilePhase, env)
 		}
-		defer pprof.StopCPUProfile()
 	}
 	rep, err := bench.Run(ctx, bench.Options{
 		Rows: *rows, WriteTxs: *writes, Runs: *runs, Rate: *rate, RateFor: *rateFor,
 		Transport: *transport, AMQPURL: *amqpURL, PostgresURL: *pg, BatchSize: *batch,
-		Progress: env.Stderr,
+		Progress: env.Stderr, Phase: phase,
 	})
 	if rep != nil && len(rep.Figures) > 0 {
 		rep.Print(env.Stdout)
@@ -76,4 +91,21 @@ fresh broker queues are made for each run and removed after it.`)
 		return fmt.Errorf("the replica differs from the master")
 	}
 	return nil
+}
+
+// phaseProfiler returns a bench phase hook that writes a CPU profile of the
+// first run's phase named want to f.
+func phaseProfiler(f *os.File, want string, env Env) func(string) func() {
+	done := false
+	return func(name string) func() {
+		if name != want || done {
+			return func() {}
+		}
+		done = true
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(env.Stderr, "cqrs bench: cpu profile: %v\n", err)
+			return func() {}
+		}
+		return pprof.StopCPUProfile
+	}
 }
