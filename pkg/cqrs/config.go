@@ -93,7 +93,7 @@ type ReplicaConfig struct {
 	// BatchWait is how long a batch waits for more messages (default 20 ms).
 	BatchWait Duration `mapstructure:"batch_wait"`
 	// BatchMaxInFlight bounds the messages collected for batches and not yet
-	// settled (default 2 × batch_size).
+	// settled (default 3 × batch_size).
 	BatchMaxInFlight int `mapstructure:"batch_max_in_flight"`
 	// DjangoCompat turns tombstones off: a DELETE leaves nothing behind and a
 	// late SAVE brings the row back, as in django-cqrs.

@@ -154,7 +154,7 @@ func (c *Config) TransportConfig() transports.Config {
 		if c.Replica.BatchSize > 1 {
 			inFlight := c.Replica.BatchMaxInFlight
 			if inFlight == 0 {
-				inFlight = 2 * c.Replica.BatchSize
+				inFlight = consumer.DefaultBatchMaxInFlight(c.Replica.BatchSize)
 			}
 			tc.Prefetch += inFlight
 		}

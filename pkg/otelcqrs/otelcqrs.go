@@ -42,6 +42,19 @@ const (
 	AttrOutcome    = "outcome"
 )
 
+// defaultProvider is the global TracerProvider before the service sets
+// one: a delegating no-op.
+var defaultProvider = otel.GetTracerProvider()
+
+// noSpan is the no-op span the Start functions return while no provider
+// is set.
+var noSpan = trace.SpanFromContext(context.Background())
+
+// Enabled reports whether the service set a TracerProvider. Until it does,
+// every span would be a no-op: the Start functions then create none, so
+// that a service without OpenTelemetry pays nothing per message.
+func Enabled() bool { return otel.GetTracerProvider() != defaultProvider }
+
 // Tracer returns gocqrs's tracer from the global TracerProvider; it is a
 // no-op until the service sets a provider.
 func Tracer() trace.Tracer {

@@ -16,6 +16,9 @@ import (
 // [Traceparent] of that context in the row. End the span once the message
 // is written.
 func StartWrite(ctx context.Context, cqrsID, pk, signal string) (context.Context, trace.Span) {
+	if !Enabled() {
+		return ctx, noSpan
+	}
 	parent := ctx
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		parent = withRemoteParent(ctx, tracectx.Traceparent(ctx), tracectx.Tracestate(ctx))
@@ -36,6 +39,9 @@ func StartWrite(ctx context.Context, cqrsID, pk, signal string) (context.Context
 // headers. It returns nil when no TracerProvider records the span, so that
 // a relay without OpenTelemetry does no more work; [EndPublish] takes nil.
 func StartPublish(ctx context.Context, get func(string) string, cqrsID, routingKey, outboxID string) trace.Span {
+	if !Enabled() {
+		return nil
+	}
 	tp := get(tracectx.HeaderTraceparent)
 	ts := ""
 	if tp != "" {
@@ -73,6 +79,9 @@ func EndPublish(span trace.Span, err error) {
 // means the message has none. The returned context carries the span, for
 // the replica's hooks.
 func StartApply(ctx context.Context, cqrsID, pk string, revision int64) (context.Context, trace.Span) {
+	if !Enabled() {
+		return ctx, noSpan
+	}
 	ctx, span := Tracer().Start(withRemoteParent(ctx, tracectx.Traceparent(ctx), tracectx.Tracestate(ctx)), SpanReplicaApply, trace.WithSpanKind(trace.SpanKindConsumer))
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String(AttrCQRSID, cqrsID), attribute.String(AttrPK, pk))

@@ -99,7 +99,7 @@ func NewKafka(ctx context.Context, cfg Config, logger *slog.Logger) (*Kafka, err
 		set: set,
 		log: logger,
 		// watermill-kafka logs every subscription at info; they are debug here.
-		wmLog:   watermill.NewSlogLoggerWithLevelMapping(logger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
+		wmLog:   NewWatermillLogger(logger, true),
 		marsh:   kafkaMarshaler{prefix: set.prefix},
 		known:   map[string]bool{},
 		groups:  map[string]string{},

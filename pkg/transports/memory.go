@@ -164,7 +164,7 @@ func NewMemory(cfg MemoryConfig, logger *slog.Logger) (*Memory, error) {
 	return &Memory{
 		logger: logger,
 		// GoChannel logs routine events at info; they are debug here.
-		wmLogger:   watermill.NewSlogLoggerWithLevelMapping(logger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
+		wmLogger:   NewWatermillLogger(logger, true),
 		maxPending: cfg.MaxPending,
 		topics:     map[string]*memTopic{},
 		closing:    make(chan struct{}),

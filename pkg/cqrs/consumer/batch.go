@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
@@ -22,6 +23,11 @@ type BatchApplier interface {
 	ApplyBatch(ctx context.Context, dls []replica.Delivery) (results []replica.Result, errs []error, err error)
 }
 
+// DefaultBatchMaxInFlight is Options.BatchMaxInFlight when it is 0: room
+// for the batch being settled, the one being applied and the one being
+// collected.
+func DefaultBatchMaxInFlight(batchSize int) int { return 3 * batchSize }
+
 // DefaultBatchWait is how long a batch waits for more messages when
 // Options.BatchWait is 0.
 const DefaultBatchWait = 20 * time.Millisecond
@@ -29,7 +35,7 @@ const DefaultBatchWait = 20 * time.Millisecond
 // batchItem is one detached message waiting in the collector.
 type batchItem struct {
 	dl     replica.Delivery
-	attrs  []any
+	attrs  logAttrs
 	settle transports.Settle
 	at     time.Time // when it was collected
 }
@@ -37,8 +43,10 @@ type batchItem struct {
 // batcher collects detached messages and applies them in batches: up to
 // size messages, or whatever arrived within wait of the oldest. At most
 // cap(inflight) messages are detached and not settled yet; handlers wait
-// for room. Batches are applied one after the other by a single goroutine,
-// so a later batch never overtakes an earlier one.
+// for room. Batches are applied one after the other by a single goroutine
+// (the collector), so a later batch never overtakes an earlier one; a
+// second goroutine (the concluder) settles, logs and counts each applied
+// batch's messages, in order, while the collector applies the next one.
 type batcher struct {
 	c        *Consumer
 	ap       BatchApplier
@@ -51,9 +59,20 @@ type batcher struct {
 	closed bool // draining: collect nothing more
 
 	wake     chan struct{} // capacity 1: the queue changed
+	applied  chan *appliedBatch
 	stopping chan struct{} // closed when draining starts
 	released chan struct{} // closed once the router was told to stop
-	done     chan struct{} // closed when the collector has applied everything
+	done     chan struct{} // closed when everything collected was concluded
+}
+
+// appliedBatch is a batch the collector applied, waiting for the concluder.
+type appliedBatch struct {
+	items []*batchItem
+	res   []replica.Result
+	errs  []error
+	err   error // the whole batch failed
+	took  time.Duration
+	spans []trace.Span
 }
 
 func newBatcher(c *Consumer, ap BatchApplier, size int, wait time.Duration, maxInFlight int) *batcher {
@@ -61,6 +80,7 @@ func newBatcher(c *Consumer, ap BatchApplier, size int, wait time.Duration, maxI
 		c: c, ap: ap, size: size, wait: wait,
 		inflight: make(chan struct{}, maxInFlight),
 		wake:     make(chan struct{}, 1),
+		applied:  make(chan *appliedBatch, 1),
 		stopping: make(chan struct{}),
 		released: make(chan struct{}),
 		done:     make(chan struct{}),
@@ -78,14 +98,14 @@ func (b *batcher) signal() {
 // transport cannot detach msg: the caller then applies it alone. When the
 // consumer is stopping, msg is handed back to the broker (errNack) once the
 // router is told to stop.
-func (b *batcher) submit(msg *message.Message, dl replica.Delivery, attrs []any) (ok bool, err error) {
+func (b *batcher) submit(msg *message.Message, dl replica.Delivery, attrs logAttrs) (ok bool, err error) {
 	refuse := func() (bool, error) {
 		select {
 		case <-b.released:
 		case <-msg.Context().Done():
 		}
 		b.c.stats.nacked.Add(1)
-		b.c.log.Info("CQRS is handed back: shutting down", attrs...)
+		b.c.log.Info("CQRS is handed back: shutting down", attrs.args()...)
 		return true, errNack
 	}
 	select {
@@ -109,7 +129,7 @@ func (b *batcher) submit(msg *message.Message, dl replica.Delivery, attrs []any)
 		b.mu.Unlock()
 		<-b.inflight
 		if derr != nil {
-			b.c.log.Warn("CQRS is applied alone: detach failed", append(attrs, "error", derr.Error())...)
+			b.c.log.Warn("CQRS is applied alone: detach failed", attrs.args("error", derr.Error())...)
 		}
 		return false, nil
 	}
@@ -119,10 +139,25 @@ func (b *batcher) submit(msg *message.Message, dl replica.Delivery, attrs []any)
 	return true, nil
 }
 
-// run is the collector: it applies the queue in batches until drain was
-// called and the queue is empty.
+// run starts the concluder and runs the collector: it applies the queue in
+// batches until drain was called and the queue is empty, then waits for the
+// concluder to finish.
 func (b *batcher) run() {
-	defer close(b.done)
+	concluded := make(chan struct{})
+	go func() {
+		defer close(concluded)
+		for ab := range b.applied {
+			b.conclude(ab)
+		}
+	}()
+	b.collect()
+	close(b.applied)
+	<-concluded
+	close(b.done)
+}
+
+// collect is the collector loop.
+func (b *batcher) collect() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -178,7 +213,7 @@ func (b *batcher) drain(stopRouter func()) {
 	close(b.released)
 }
 
-// apply applies one batch and settles each message as process would.
+// apply applies one batch and hands it to the concluder.
 func (b *batcher) apply(items []*batchItem) {
 	dls := make([]replica.Delivery, len(items))
 	for i, it := range items {
@@ -192,16 +227,21 @@ func (b *batcher) apply(items []*batchItem) {
 	if err == nil && (len(res) != len(items) || len(errs) != len(items)) {
 		err = fmt.Errorf("consumer: batch applier returned %d results and %d errors for %d messages", len(res), len(errs), len(items))
 	}
-	if err != nil {
-		b.c.log.Warn("CQRS batch failed", "messages", len(items), "error", err.Error())
+	b.applied <- &appliedBatch{items: items, res: res, errs: errs, err: err, took: took, spans: spans}
+}
+
+// conclude settles each message of an applied batch as process would.
+func (b *batcher) conclude(ab *appliedBatch) {
+	if ab.err != nil {
+		b.c.log.Warn("CQRS batch failed", "messages", len(ab.items), "error", ab.err.Error())
 	}
-	for i, it := range items {
-		r, e := replica.Result{StoredRevision: -1}, err
-		if err == nil {
-			r, e = res[i], errs[i]
+	for i, it := range ab.items {
+		r, e := replica.Result{StoredRevision: -1}, ab.err
+		if ab.err == nil {
+			r, e = ab.res[i], ab.errs[i]
 		}
-		otelcqrs.EndApply(spans[i], string(r.Outcome), e)
-		b.c.concludeDetached(b, it, r, e, took)
+		otelcqrs.EndApply(ab.spans[i], string(r.Outcome), e)
+		b.c.concludeDetached(b, it, r, e, ab.took)
 		<-b.inflight
 	}
 }
@@ -216,12 +256,12 @@ func (c *Consumer) concludeDetached(b *batcher, it *batchItem, res replica.Resul
 		c.settle(it.settle, true, attrs)
 	case errors.Is(err, replica.ErrUnknownModel):
 		c.stats.noModel.Add(1)
-		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), append(attrs, "error", err.Error())...)
+		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), attrs.args("error", err.Error())...)
 		c.settle(it.settle, true, attrs)
 	default:
 		c.stats.failed.Add(1)
 		c.observe(Event{Kind: EventFailed, CQRSID: p.CQRSID, Duration: took})
-		c.log.Warn("CQRS is failed", append(attrs, "error", err.Error())...)
+		c.log.Warn("CQRS is failed", attrs.args("error", err.Error())...)
 		if p.Retries >= c.maxRetries {
 			c.deadLetterDetached(it, "retries exhausted")
 			return
@@ -246,7 +286,7 @@ func (c *Consumer) deadLetterDetached(it *batchItem, reason string) {
 		return
 	}
 	c.stats.nacked.Add(1)
-	c.log.Error("CQRS is handed back to the broker", append(attrs, "error", err.Error())...)
+	c.log.Error("CQRS is handed back to the broker", attrs.args("error", err.Error())...)
 	c.heldMu.Lock()
 	if c.heldClosed {
 		c.heldMu.Unlock()
@@ -263,21 +303,22 @@ func (c *Consumer) deadLetterDetached(it *batchItem, reason string) {
 }
 
 // requeueDetached holds a failed detached message for its retry, as
-// holdDetached does. When the delay queue is full, the collector waits for
-// room (no batch is applied meanwhile, as a handler holding a message stops
-// its subscription); on shutdown the message is handed back instead.
+// holdDetached does. When the delay queue is full, the concluder waits for
+// room (the collector then applies at most one more batch, as a handler
+// holding a message stops its subscription); on shutdown the message is
+// handed back instead.
 func (c *Consumer) requeueDetached(b *batcher, it *batchItem) {
 	attrs := it.attrs
 	select {
 	case c.slots <- struct{}{}:
 	default:
-		c.log.Info("CQRS is delayed", append(attrs, "delay", c.retryDelay.String(), "hold", "collector",
+		c.log.Info("CQRS is delayed", attrs.args("delay", c.retryDelay.String(), "hold", "collector",
 			"hold_reason", "delay queue full", "delay_queue_max_size", cap(c.slots))...)
 		select {
 		case c.slots <- struct{}{}:
 		case <-b.stopping:
 			c.stats.nacked.Add(1)
-			c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs...)
+			c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs.args()...)
 			c.settle(it.settle, false, attrs)
 			return
 		}
@@ -287,12 +328,12 @@ func (c *Consumer) requeueDetached(b *batcher, it *batchItem) {
 		c.heldMu.Unlock()
 		<-c.slots
 		c.stats.nacked.Add(1)
-		c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs...)
+		c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs.args()...)
 		c.settle(it.settle, false, attrs)
 		return
 	}
 	c.held.Add(1)
 	c.heldMu.Unlock()
-	c.log.Info("CQRS is delayed", append(attrs, "delay", c.retryDelay.String(), "hold", "detached")...)
+	c.log.Info("CQRS is delayed", attrs.args("delay", c.retryDelay.String(), "hold", "detached")...)
 	go c.holdForRetry(it.settle, it.dl.Payload, attrs)
 }

@@ -65,10 +65,12 @@
 // through the retry and dead-letter rules above on its own (the others of
 // its batch are not affected); when the whole batch fails, every message of
 // it does. Batches are applied one after the other, messages in the order
-// they were delivered, so the messages of one entity keep their order. At
-// most BatchMaxInFlight messages are collected and not yet settled; beyond
-// that, handlers wait. When the delay queue is full, the collector waits
-// for room before it applies the next batch. On shutdown the collected
+// they were delivered, so the messages of one entity keep their order; a
+// batch's messages are settled, logged and counted by a second goroutine
+// while the next batch is applied. At most BatchMaxInFlight messages are
+// collected and not yet settled; beyond that, handlers wait. When the delay
+// queue is full, settling waits for room (and at most one more batch is
+// applied meanwhile). On shutdown the collected
 // messages are applied and settled before the subscriptions end, and
 // messages delivered meanwhile are handed back to the broker: nothing is
 // lost. A transport that cannot detach (Kafka) gets one message at a time.
@@ -85,7 +87,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
@@ -154,7 +155,8 @@ type Options struct {
 	// BatchMaxInFlight bounds the messages collected for batches and not
 	// yet settled (they are unacknowledged on the broker, like held
 	// messages: a RabbitMQ prefetch must leave room for them); 0 means
-	// 2 × BatchSize, and it must be at least BatchSize.
+	// DefaultBatchMaxInFlight (3 × BatchSize), and it must be at least
+	// BatchSize.
 	BatchMaxInFlight int
 	// Observer, when set, receives per-message events (see [Observer]).
 	Observer Observer
@@ -249,7 +251,7 @@ func New(tr transports.Transport, reg *registry.Registry, ap Applier, opts Optio
 			batchWait = DefaultBatchWait
 		}
 		if maxInFlight == 0 {
-			maxInFlight = 2 * opts.BatchSize
+			maxInFlight = DefaultBatchMaxInFlight(opts.BatchSize)
 		}
 		if maxInFlight < opts.BatchSize {
 			return nil, fmt.Errorf("consumer: batch_max_in_flight %d must be at least batch_size %d", maxInFlight, opts.BatchSize)
@@ -349,7 +351,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if len(subs) == 0 {
 		return fmt.Errorf("consumer: queue %q: transport %q returned no subscriptions", c.queue, c.tr.Name())
 	}
-	router, err := message.NewRouter(message.RouterConfig{}, watermill.NewSlogLogger(c.log))
+	router, err := message.NewRouter(message.RouterConfig{}, transports.NewWatermillLogger(c.log, false))
 	if err != nil {
 		return fmt.Errorf("consumer: queue %q: router: %w", c.queue, err)
 	}

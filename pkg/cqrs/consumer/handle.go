@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -42,13 +43,15 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 	// the log lines and in the context the replica's hooks run with.
 	ctx = tracectx.FromHeaders(ctx, msg.Metadata.Get)
 	if tp := tracectx.Traceparent(ctx); tp != "" {
-		attrs = append(attrs, "traceparent", tp)
+		attrs = append(attrs, slog.String(tracectx.HeaderTraceparent, tp))
 	}
-	c.log.Debug("CQRS is received", attrs...)
+	if c.log.Enabled(ctx, slog.LevelDebug) {
+		c.log.LogAttrs(ctx, slog.LevelDebug, "CQRS is received", attrs...)
+	}
 
 	if !c.consumed[p.CQRSID] {
 		c.stats.noModel.Add(1)
-		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), attrs...)
+		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), attrs.args()...)
 		return nil
 	}
 	c.observe(Event{Kind: EventReceived, CQRSID: p.CQRSID})
@@ -75,12 +78,12 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 	}
 	if errors.Is(err, replica.ErrUnknownModel) {
 		c.stats.noModel.Add(1)
-		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), append(attrs, "error", err.Error())...)
+		c.log.Error(fmt.Sprintf("Model for cqrs_id %s is not found", p.CQRSID), attrs.args("error", err.Error())...)
 		return nil
 	}
 	c.stats.failed.Add(1)
 	c.observe(Event{Kind: EventFailed, CQRSID: p.CQRSID, Duration: took})
-	c.log.Warn("CQRS is failed", append(attrs, "error", err.Error())...)
+	c.log.Warn("CQRS is failed", attrs.args("error", err.Error())...)
 	if p.Retries >= c.maxRetries {
 		return c.deadLetter(ctx, p, attrs, "retries exhausted")
 	}
@@ -112,8 +115,8 @@ func (c *Consumer) undecodable(ctx context.Context, msg *message.Message, routin
 		}
 		c.stats.failed.Add(1)
 		c.observe(Event{Kind: EventFailed, CQRSID: id})
-		attrs := []any{"cqrs_id", id, "routing_key", routingKey, "error", de.Error()}
-		c.log.Warn("CQRS is failed", append(attrs, "body", body)...)
+		attrs := logAttrs{slog.String("cqrs_id", id), slog.String("routing_key", routingKey), slog.String("error", de.Error())}
+		c.log.Warn("CQRS is failed", attrs.args("body", body)...)
 		return c.publishDeadLetter(ctx, id, msg.Payload, attrs, "undecodable value")
 	default:
 		c.stats.unparseable.Add(1)
@@ -146,44 +149,52 @@ var skipReasons = map[replica.Outcome]string{
 // applied logs and counts a successful Apply. A DELETE of a missing row is
 // "applied", as django-cqrs acks it; any outcome that did not change the
 // replica is "skipped".
-func (c *Consumer) applied(cqrsID string, res replica.Result, took time.Duration, attrs []any) {
+func (c *Consumer) applied(cqrsID string, res replica.Result, took time.Duration, attrs logAttrs) {
 	c.stats.outcome(res.Outcome)
-	attrs = append(attrs, "outcome", string(res.Outcome))
+	ctx := context.Background()
 	if res.Outcome.Applied() || res.Outcome == replica.OutcomeDeleteMissing {
 		c.stats.applied.Add(1)
 		c.observe(Event{Kind: EventApplied, CQRSID: cqrsID, Outcome: res.Outcome, Gap: res.Gap, Duration: took})
+		if !c.log.Enabled(ctx, slog.LevelInfo) {
+			return
+		}
+		attrs = append(attrs[:len(attrs):len(attrs)], slog.String("outcome", string(res.Outcome)))
 		if res.Gap > 0 {
-			attrs = append(attrs, "lost_packages", res.Gap)
+			attrs = append(attrs, slog.Int64("lost_packages", res.Gap))
 		}
 		if res.Downgrade {
-			attrs = append(attrs, "downgrade", true)
+			attrs = append(attrs, slog.Bool("downgrade", true))
 		}
-		c.log.Info("CQRS is applied", attrs...)
+		c.log.LogAttrs(ctx, slog.LevelInfo, "CQRS is applied", attrs...)
 		return
 	}
 	c.stats.skipped.Add(1)
 	c.observe(Event{Kind: EventSkipped, CQRSID: cqrsID, Outcome: res.Outcome, Duration: took})
+	if !c.log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
 	msg, ok := skipReasons[res.Outcome]
 	if !ok {
 		msg = "CQRS is skipped"
 	}
+	attrs = append(attrs[:len(attrs):len(attrs)], slog.String("outcome", string(res.Outcome)))
 	if res.Outcome == replica.OutcomeSkippedStale {
-		attrs = append(attrs, "stored_revision", res.StoredRevision)
+		attrs = append(attrs, slog.Int64("stored_revision", res.StoredRevision))
 	}
-	c.log.Info(msg, attrs...)
+	c.log.LogAttrs(ctx, slog.LevelInfo, msg, attrs...)
 }
 
 // requeue holds msg (decoded as p) for RetryDelay, then publishes a copy with
 // retries+1 on the replica's own key; the original is acked once the copy is
 // out. The hold is detached from the subscription when possible (held.go);
 // otherwise it happens here, blocking the subscription.
-func (c *Consumer) requeue(ctx context.Context, msg *message.Message, p *wire.Payload, attrs []any) error {
+func (c *Consumer) requeue(ctx context.Context, msg *message.Message, p *wire.Payload, attrs logAttrs) error {
 	if c.holdDetached(msg, p, attrs) {
 		return nil // the router's ack no longer reaches the broker
 	}
 	if err := hold(ctx, c.retryDelay); err != nil {
 		c.stats.nacked.Add(1)
-		c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs...)
+		c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs.args()...)
 		return errNack
 	}
 	if err := c.publishRequeue(p, attrs); err != nil {
@@ -194,7 +205,7 @@ func (c *Consumer) requeue(ctx context.Context, msg *message.Message, p *wire.Pa
 
 // publishRequeue publishes p's copy with retries+1 on the replica's own key
 // and counts it as requeued.
-func (c *Consumer) publishRequeue(p *wire.Payload, attrs []any) error {
+func (c *Consumer) publishRequeue(p *wire.Payload, attrs logAttrs) error {
 	cp := *p
 	cp.Retries = p.Retries + 1
 	body, err := wire.Encode(&cp)
@@ -212,13 +223,13 @@ func (c *Consumer) publishRequeue(p *wire.Payload, attrs []any) error {
 		return fmt.Errorf("publish requeue copy on %q: %w", key, err)
 	}
 	c.observe(Event{Kind: EventRequeued, CQRSID: p.CQRSID})
-	c.log.Warn("CQRS is requeued", append(attrs, "requeue_routing_key", key, "requeue_retries", cp.Retries)...)
+	c.log.Warn("CQRS is requeued", attrs.args("requeue_routing_key", key, "requeue_retries", cp.Retries)...)
 	return nil
 }
 
 // deadLetter publishes p, re-encoded with its retries unchanged, to the
 // dead-letter key.
-func (c *Consumer) deadLetter(ctx context.Context, p *wire.Payload, attrs []any, reason string) error {
+func (c *Consumer) deadLetter(ctx context.Context, p *wire.Payload, attrs logAttrs, reason string) error {
 	body, err := wire.Encode(p)
 	if err != nil {
 		return c.nackAfterDelay(ctx, fmt.Errorf("encode dead letter: %w", err), attrs)
@@ -226,7 +237,7 @@ func (c *Consumer) deadLetter(ctx context.Context, p *wire.Payload, attrs []any,
 	return c.publishDeadLetter(ctx, p.CQRSID, body, attrs, reason)
 }
 
-func (c *Consumer) publishDeadLetter(ctx context.Context, cqrsID string, body []byte, attrs []any, reason string) error {
+func (c *Consumer) publishDeadLetter(ctx context.Context, cqrsID string, body []byte, attrs logAttrs, reason string) error {
 	if err := c.sendDeadLetter(cqrsID, body, attrs, reason); err != nil {
 		return c.nackAfterDelay(ctx, err, attrs)
 	}
@@ -235,7 +246,7 @@ func (c *Consumer) publishDeadLetter(ctx context.Context, cqrsID string, body []
 
 // sendDeadLetter publishes body to the dead-letter key of cqrsID, with the
 // dead-letter expiration, and counts it.
-func (c *Consumer) sendDeadLetter(cqrsID string, body []byte, attrs []any, reason string) error {
+func (c *Consumer) sendDeadLetter(cqrsID string, body []byte, attrs logAttrs, reason string) error {
 	key := transports.DeadLetterKey(c.dlq, cqrsID)
 	m := message.NewMessage(watermill.NewUUID(), body)
 	m.Metadata.Set(transports.MetaDeadLetterReason, reason)
@@ -252,16 +263,16 @@ func (c *Consumer) sendDeadLetter(cqrsID string, body []byte, attrs []any, reaso
 	}
 	c.stats.deadLettered.Add(1)
 	c.observe(Event{Kind: EventDeadLettered, CQRSID: cqrsID})
-	c.log.Warn("CQRS is added to dead letter queue", append(attrs, "reason", reason, "dead_letter_key", key)...)
+	c.log.Warn("CQRS is added to dead letter queue", attrs.args("reason", reason, "dead_letter_key", key)...)
 	return nil
 }
 
 // nackAfterDelay logs a copy that could not be published and hands the
 // original back to the broker after RetryDelay, so that a broker that
 // redelivers at once is not hammered.
-func (c *Consumer) nackAfterDelay(ctx context.Context, err error, attrs []any) error {
+func (c *Consumer) nackAfterDelay(ctx context.Context, err error, attrs logAttrs) error {
 	c.stats.nacked.Add(1)
-	c.log.Error("CQRS is handed back to the broker", append(attrs, "error", err.Error())...)
+	c.log.Error("CQRS is handed back to the broker", attrs.args("error", err.Error())...)
 	_ = hold(ctx, c.retryDelay)
 	return errNack
 }
@@ -278,21 +289,46 @@ func hold(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// payloadAttrs are the log attributes of a message, django-cqrs's
-// "pk = X (cqrs_id), correlation_id = Y" plus revision and retries.
-func payloadAttrs(p *wire.Payload, routingKey string) []any {
-	attrs := []any{
-		"cqrs_id", p.CQRSID,
-		"signal_type", string(p.SignalType),
-		"pk", valueText(p.InstancePK),
+// logAttrs are a message's log attributes.
+type logAttrs []slog.Attr
+
+// args returns the attributes followed by extra key-value pairs, for the
+// slog calls of the rare paths (failures, retries, shutdown).
+func (a logAttrs) args(extra ...any) []any {
+	out := make([]any, 0, len(a)+len(extra))
+	for _, at := range a {
+		out = append(out, at)
 	}
+	return append(out, extra...)
+}
+
+// traceparent returns the traceparent among the attributes, "" if none.
+func (a logAttrs) traceparent() string {
+	for _, at := range a {
+		if at.Key == tracectx.HeaderTraceparent {
+			return at.Value.String()
+		}
+	}
+	return ""
+}
+
+// payloadAttrs are the log attributes of a message, django-cqrs's
+// "pk = X (cqrs_id), correlation_id = Y" plus revision and retries. Room is
+// left for the attributes added later (traceparent, outcome, ...).
+func payloadAttrs(p *wire.Payload, routingKey string) logAttrs {
+	attrs := make(logAttrs, 0, 11)
+	attrs = append(attrs,
+		slog.String("cqrs_id", p.CQRSID),
+		slog.String("signal_type", string(p.SignalType)),
+		slog.String("pk", valueText(p.InstancePK)),
+	)
 	if rev, ok := p.Revision(); ok {
-		attrs = append(attrs, "revision", rev)
+		attrs = append(attrs, slog.Int64("revision", rev))
 	}
 	return append(attrs,
-		"correlation_id", valueText(p.CorrelationID),
-		"retries", p.Retries,
-		"routing_key", routingKey,
+		slog.String("correlation_id", valueText(p.CorrelationID)),
+		slog.Int("retries", p.Retries),
+		slog.String("routing_key", routingKey),
 	)
 }
 

@@ -13,11 +13,11 @@ import (
 // message. It returns false, with msg still attached, when the delay queue
 // already holds DelayQueueMaxSize messages, when Run is ending, or when the
 // transport cannot detach msg: the caller then holds msg itself.
-func (c *Consumer) holdDetached(msg *message.Message, p *wire.Payload, attrs []any) bool {
+func (c *Consumer) holdDetached(msg *message.Message, p *wire.Payload, attrs logAttrs) bool {
 	select {
 	case c.slots <- struct{}{}:
 	default:
-		c.log.Info("CQRS is delayed", append(attrs, "delay", c.retryDelay.String(), "hold", "handler",
+		c.log.Info("CQRS is delayed", attrs.args("delay", c.retryDelay.String(), "hold", "handler",
 			"hold_reason", "delay queue full", "delay_queue_max_size", cap(c.slots))...)
 		return false
 	}
@@ -25,7 +25,7 @@ func (c *Consumer) holdDetached(msg *message.Message, p *wire.Payload, attrs []a
 	if c.heldClosed {
 		c.heldMu.Unlock()
 		<-c.slots
-		c.log.Info("CQRS is delayed", append(attrs, "delay", c.retryDelay.String(), "hold", "handler",
+		c.log.Info("CQRS is delayed", attrs.args("delay", c.retryDelay.String(), "hold", "handler",
 			"hold_reason", "shutting down")...)
 		return false
 	}
@@ -40,11 +40,11 @@ func (c *Consumer) holdDetached(msg *message.Message, p *wire.Payload, attrs []a
 		if err != nil {
 			reason = "detach failed: " + err.Error()
 		}
-		c.log.Info("CQRS is delayed", append(attrs, "delay", c.retryDelay.String(), "hold", "handler",
+		c.log.Info("CQRS is delayed", attrs.args("delay", c.retryDelay.String(), "hold", "handler",
 			"hold_reason", reason)...)
 		return false
 	}
-	c.log.Info("CQRS is delayed", append(attrs, "delay", c.retryDelay.String(), "hold", "detached")...)
+	c.log.Info("CQRS is delayed", attrs.args("delay", c.retryDelay.String(), "hold", "detached")...)
 	go c.holdForRetry(settle, p, attrs)
 	return true
 }
@@ -53,18 +53,18 @@ func (c *Consumer) holdDetached(msg *message.Message, p *wire.Payload, attrs []a
 // detached original on the broker. When Run ends (once its router stopped),
 // or when the copy cannot be published, the original is handed back to the
 // broker instead.
-func (c *Consumer) holdForRetry(settle transports.Settle, p *wire.Payload, attrs []any) {
+func (c *Consumer) holdForRetry(settle transports.Settle, p *wire.Payload, attrs logAttrs) {
 	defer c.held.Done()
 	defer func() { <-c.slots }()
 	if err := hold(c.holdCtx, c.retryDelay); err != nil {
 		c.stats.nacked.Add(1)
-		c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs...)
+		c.log.Info("CQRS is handed back: shutting down during the retry delay", attrs.args()...)
 		c.settle(settle, false, attrs)
 		return
 	}
 	if err := c.publishRequeue(p, attrs); err != nil {
 		c.stats.nacked.Add(1)
-		c.log.Error("CQRS is handed back to the broker", append(attrs, "error", err.Error())...)
+		c.log.Error("CQRS is handed back to the broker", attrs.args("error", err.Error())...)
 		c.settle(settle, false, attrs)
 		return
 	}
@@ -75,9 +75,9 @@ func (c *Consumer) holdForRetry(settle transports.Settle, p *wire.Payload, attrs
 // failure is logged: the broker then still holds the message unacknowledged
 // and redelivers it when the subscription ends, a duplicate the revision
 // check absorbs.
-func (c *Consumer) settle(settle transports.Settle, ack bool, attrs []any) {
+func (c *Consumer) settle(settle transports.Settle, ack bool, attrs logAttrs) {
 	if err := settle(ack); err != nil {
-		c.log.Error("CQRS could not be settled on the broker", append(attrs, "ack", ack, "error", err.Error())...)
+		c.log.Error("CQRS could not be settled on the broker", attrs.args("ack", ack, "error", err.Error())...)
 	}
 }
 

@@ -99,7 +99,7 @@ func newMemory(t *testing.T) *transports.Memory {
 
 // rawRegistry declares table-less replica models: the consumer only needs
 // their cqrs_ids; the test applier does the applying.
-func rawRegistry(t *testing.T, ids ...string) *registry.Registry {
+func rawRegistry(t testing.TB, ids ...string) *registry.Registry {
 	t.Helper()
 	reg := registry.New()
 	nop := func(context.Context, *registry.ApplyContext) error { return nil }

@@ -25,21 +25,15 @@ func startApplySpan(ctx context.Context, p *wire.Payload) (context.Context, trac
 // when the batch is concluded.
 func startBatchSpans(items []*batchItem) []trace.Span {
 	spans := make([]trace.Span, len(items))
+	if !otelcqrs.Enabled() {
+		for i := range spans {
+			_, spans[i] = startApplySpan(context.Background(), items[i].dl.Payload)
+		}
+		return spans
+	}
 	for i, it := range items {
-		ctx := tracectx.WithTraceparent(context.Background(), traceparentOf(it.attrs))
+		ctx := tracectx.WithTraceparent(context.Background(), it.attrs.traceparent())
 		_, spans[i] = startApplySpan(ctx, it.dl.Payload)
 	}
 	return spans
-}
-
-// traceparentOf returns the traceparent in a message's log attributes, ""
-// if none.
-func traceparentOf(attrs []any) string {
-	for i := 0; i+1 < len(attrs); i += 2 {
-		if k, _ := attrs[i].(string); k == tracectx.HeaderTraceparent {
-			tp, _ := attrs[i+1].(string)
-			return tp
-		}
-	}
-	return ""
 }

@@ -9,13 +9,8 @@ import (
 // traceOnto sets the traceparent of the message being handled (found in its
 // log attributes, see process) on m, a requeue copy or dead letter, so that
 // the trace context follows the message through retries.
-func traceOnto(m *message.Message, attrs []any) {
-	for i := 0; i+1 < len(attrs); i += 2 {
-		if k, _ := attrs[i].(string); k == tracectx.HeaderTraceparent {
-			if tp, _ := attrs[i+1].(string); tp != "" {
-				m.Metadata.Set(tracectx.HeaderTraceparent, tp)
-			}
-			return
-		}
+func traceOnto(m *message.Message, attrs logAttrs) {
+	if tp := attrs.traceparent(); tp != "" {
+		m.Metadata.Set(tracectx.HeaderTraceparent, tp)
 	}
 }
