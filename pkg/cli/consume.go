@@ -90,7 +90,7 @@ func runConsume(ctx context.Context, env Env, args []string) error {
 		}
 		consumers = 1
 	}
-	tr, err := cqrs.NewTransport(ctx, cfg, logger)
+	tr, err := connectTransport(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}

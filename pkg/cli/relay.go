@@ -67,7 +67,7 @@ func runRelay(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	defer db.Close()
-	tr, err := cqrs.NewTransport(ctx, cfg, logger)
+	tr, err := connectTransport(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}

@@ -67,11 +67,18 @@ func (s *rabbitSettings) dial(ctx context.Context) (*amqp.Connection, error) {
 	return amqp.DialConfig(s.url, cfg)
 }
 
-// dialAMQP connects once; it fails when the broker is unreachable now.
+// dialAMQP connects once; it fails when the broker is unreachable now
+// (the error wraps ErrNotConnected, unless the broker refused the
+// credentials or the vhost: that is a configuration error, which a retry
+// does not fix).
 func dialAMQP(ctx context.Context, s *rabbitSettings, log *slog.Logger) (*amqpConn, error) {
 	conn, err := s.dial(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("transports: rabbitmq: connect to %s: %w", s.redacted, err)
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.AccessRefused {
+			return nil, fmt.Errorf("transports: rabbitmq: connect to %s: %w", s.redacted, err)
+		}
+		return nil, fmt.Errorf("transports: rabbitmq: connect to %s: %w: %w", s.redacted, ErrNotConnected, err)
 	}
 	up := make(chan struct{})
 	close(up)
