@@ -2,12 +2,10 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/jmoiron/sqlx"
@@ -23,80 +21,6 @@ import (
 // stages) keep django-cqrs's flag names, stream formats and final messages,
 // so that an operator finds the same command lines and their stages can be
 // mixed with django-cqrs's management commands in one pipeline.
-
-// defaultBatch is django-cqrs's batch size for every data command.
-const defaultBatch = 10000
-
-// newDataFlags is newFlags with a description printed above the flags.
-func newDataFlags(env Env, name, usage, about string) *flag.FlagSet {
-	fs := newFlags(env, name, usage)
-	fs.Usage = func() {
-		fmt.Fprintf(env.Stderr, "Usage: %s\n\n%s\n\nFlags:\n", usage, strings.TrimSpace(about))
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// autoBool is a boolean flag that remembers whether it was given: --progress
-// left out means "decide from the terminal".
-type autoBool struct {
-	set, val bool
-}
-
-func (b *autoBool) String() string {
-	if b == nil || !b.set {
-		return "auto"
-	}
-	return strconv.FormatBool(b.val)
-}
-
-func (b *autoBool) Set(s string) error {
-	v, err := strconv.ParseBool(s)
-	if err != nil {
-		return fmt.Errorf("want true or false, got %q", s)
-	}
-	b.set, b.val = true, v
-	return nil
-}
-
-// IsBoolFlag lets the flag be given without a value.
-func (b *autoBool) IsBoolFlag() bool { return true }
-
-// commonFlags are the flags every data command has.
-type commonFlags struct {
-	config   string
-	progress autoBool
-}
-
-func (c *commonFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.config, "config", "", "configuration file (YAML or JSON; default $CQRS_CONFIG)")
-	const help = "show progress on stderr: a bar with rate and ETA on a terminal, plain count lines otherwise (default: a bar when stderr is a terminal)"
-	fs.Var(&c.progress, "progress", help)
-	fs.Var(&c.progress, "p", "same as --progress")
-}
-
-// batchFlag registers --batch and -b.
-func batchFlag(fs *flag.FlagSet, what string) *int {
-	b := fs.Int("batch", defaultBatch, what)
-	fs.IntVar(b, "b", defaultBatch, "same as --batch")
-	return b
-}
-
-// checkBatch rejects a batch size below 1.
-func checkBatch(n int) error {
-	if n < 1 {
-		return usagef("--batch %d: want at least 1", n)
-	}
-	return nil
-}
-
-// noArgs rejects positional arguments.
-func noArgs(fs *flag.FlagSet) error {
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
-	}
-	return nil
-}
 
 // dataEnv is what every data command opens: the configuration, its logger,
 // the registry and the database.
@@ -144,26 +68,28 @@ func (de *dataEnv) open(ctx context.Context) error {
 	return nil
 }
 
-// unknownModel describes a cqrs_id the registry does not have.
-func unknownModel(role, id string, known []string) string {
+// unknownModel is the error for a cqrs_id the registry has no role model
+// of; where names the source of the id ("--cqrs-id" is a usage error, a
+// stream line is not).
+func unknownModel(role, id, where string, known []string) error {
 	list := "none declared"
 	if len(known) > 0 {
 		list = "known: " + strings.Join(known, ", ")
 	}
-	return fmt.Sprintf("no %s model with cqrs_id %q (%s)", role, id, list)
-}
-
-// masterFor checks that id is a master model; where names the source of
-// the id for the error ("--cqrs-id" is a usage error, a stream line is not).
-func (de *dataEnv) masterFor(id, where string) error {
-	if _, ok := de.reg.Master(id); ok {
-		return nil
-	}
-	msg := unknownModel("master", id, de.reg.MasterIDs())
+	msg := fmt.Sprintf("no %s model with cqrs_id %q (%s)", role, id, list)
 	if where == "--cqrs-id" {
 		return usagef("--cqrs-id: %s", msg)
 	}
 	return fmt.Errorf("%s: %s", where, msg)
+}
+
+// masterFor checks that id is a master model; where names the source of
+// the id for the error, as for unknownModel.
+func (de *dataEnv) masterFor(id, where string) error {
+	if _, ok := de.reg.Master(id); ok {
+		return nil
+	}
+	return unknownModel("master", id, where, de.reg.MasterIDs())
 }
 
 // replicaFor is masterFor for replica models.
@@ -171,11 +97,7 @@ func (de *dataEnv) replicaFor(id, where string) error {
 	if _, ok := de.reg.Replica(id); ok {
 		return nil
 	}
-	msg := unknownModel("replica", id, de.reg.ReplicaIDs())
-	if where == "--cqrs-id" {
-		return usagef("--cqrs-id: %s", msg)
-	}
-	return fmt.Errorf("%s: %s", where, msg)
+	return unknownModel("replica", id, where, de.reg.ReplicaIDs())
 }
 
 // newMaster opens the master over the database with the configuration's
@@ -208,6 +130,11 @@ func (de *dataEnv) openMaster(ctx context.Context, id, where string) (*master.Ma
 	if err := de.masterFor(id, where); err != nil {
 		return nil, nil, err
 	}
+	return de.openMasterModel(ctx, id)
+}
+
+// openMasterModel is openMaster for an id that masterFor has checked.
+func (de *dataEnv) openMasterModel(ctx context.Context, id string) (*master.Master, *tableRef, error) {
 	if err := de.open(ctx); err != nil {
 		return nil, nil, err
 	}
@@ -220,6 +147,19 @@ func (de *dataEnv) openMaster(ctx context.Context, id, where string) (*master.Ma
 		return nil, nil, err
 	}
 	return m, t, nil
+}
+
+// openEngine checks that id is a replica model (where names the source of
+// the id, as for masterFor), opens the database and returns the replica
+// engine, with the replica models bound.
+func (de *dataEnv) openEngine(ctx context.Context, id, where string) (*replica.Engine, error) {
+	if err := de.replicaFor(id, where); err != nil {
+		return nil, err
+	}
+	if err := de.open(ctx); err != nil {
+		return nil, err
+	}
+	return de.newEngine(ctx)
 }
 
 // openReplicaTable checks that id is a replica model, opens the database,

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,28 +23,12 @@ Pipe it to cqrs deleted-diff-master (or django-cqrs's cqrs_deleted_diff_master):
 ` + filterHelp
 
 func runDeletedDiffReplica(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "deleted-diff-replica",
+	f := newDataFlags(env, "deleted-diff-replica",
 		"cqrs deleted-diff-replica --cqrs-id ID [-f JSON] [--batch N] [--progress] [--config FILE] > pks", deletedDiffReplicaAbout)
-	var c commonFlags
-	c.register(fs)
-	id := fs.String("cqrs-id", "", "cqrs_id of the replica model (required)")
-	fs.StringVar(id, "cid", "", "same as --cqrs-id")
-	filter := fs.String("filter", "", "only replica rows matching this JSON filter (see above)")
-	fs.StringVar(filter, "f", "", "same as --filter")
-	batch := batchFlag(fs, "primary keys per output line")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
-		return err
-	}
-	if *id == "" {
-		return usagef("--cqrs-id is required")
-	}
-	if err := checkBatch(*batch); err != nil {
-		return err
-	}
-	de, err := loadDataEnv(env, c.config)
+	id := f.cqrsID("cid", "cqrs_id of the replica model (required)")
+	filter := f.stringFlag("filter", "f", "only replica rows matching this JSON filter (see above)")
+	batch := f.batchSize("primary keys per output line")
+	de, err := f.load(args)
 	if err != nil {
 		return err
 	}
@@ -54,56 +37,13 @@ func runDeletedDiffReplica(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var w whereClause
-	if *filter != "" {
-		if w, err = parseFilter(*filter, t); err != nil {
-			return err
-		}
-	}
-	total, err := t.count(ctx, de.db, w)
-	if err != nil {
-		return err
-	}
-	if total == 0 {
-		fmt.Fprintln(env.Stderr, "No objects found for filter!")
-		return nil
-	}
-	out := bufio.NewWriter(env.Stdout)
-	if err := writeLine(out, *id+","+wire.FormatPyDateTime(time.Now().UTC())); err != nil {
-		return err
-	}
-	pr := newProgress(env.Stderr, chooseProgress(env, c.progress, true), total)
-	var after *pkVal
-	for {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted after %d of %d rows", pr.done, total)
-		}
-		page, err := t.page(ctx, de.db, w, after, *batch)
-		if err != nil {
-			return err
-		}
-		if len(page) == 0 {
-			break
-		}
+	return de.writeFirstStage(ctx, t, *filter, *batch, f.progress(true), func(page []pkRev) ([]any, error) {
 		pks := make([]any, len(page))
 		for i, r := range page {
 			pks[i] = r.pk.wire
 		}
-		line, err := jsonList(pks)
-		if err != nil {
-			return err
-		}
-		if err := writeLine(out, line); err != nil {
-			return err
-		}
-		pr.Add(len(page))
-		after = &page[len(page)-1].pk
-		if len(page) < *batch {
-			break
-		}
-	}
-	pr.Finish()
-	return nil
+		return pks, nil
+	})
 }
 
 const deletedDiffMasterAbout = `Second stage of the deleted-rows diff, run on the master (django-cqrs's
@@ -116,81 +56,22 @@ stderr gets "PK to delete: [6]" for each such line. Pipe it to
 cqrs deleted-sync-replica (or django-cqrs's cqrs_deleted_sync_replica).`
 
 func runDeletedDiffMaster(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "deleted-diff-master", "cqrs deleted-diff-master [--progress] [--config FILE] < replica-pks", deletedDiffMasterAbout)
-	var c commonFlags
-	c.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
-		return err
-	}
-	de, err := loadDataEnv(env, c.config)
+	f := newDataFlags(env, "deleted-diff-master", "cqrs deleted-diff-master [--progress] [--config FILE] < replica-pks", deletedDiffMasterAbout)
+	de, in, err := f.loadStream(args)
 	if err != nil {
 		return err
 	}
 	defer de.Close()
-	lr := newLineReader(env.Stdin, "stdin")
-	header, parts, err := lr.header()
+	_, t, err := de.openMaster(ctx, in.cqrsID(), "stdin line 1")
 	if err != nil {
 		return err
 	}
-	id := parts[0]
-	_, t, err := de.openMaster(ctx, id, "stdin line 1")
-	if err != nil {
-		return err
-	}
-	out := bufio.NewWriter(env.Stdout)
-	if err := writeLine(out, header); err != nil {
-		return err
-	}
-	pr := newProgress(env.Stderr, chooseProgress(env, c.progress, true), -1)
-	for {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted at %s", lr.at())
-		}
-		line, ok, err := lr.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			break
-		}
-		v, ok, err := lr.jsonLine(line)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
-		pks, err := pkList(v, t, lr)
-		if err != nil {
-			return err
-		}
-		existing, err := t.lookup(ctx, de.db, pks)
-		if err != nil {
-			return fmt.Errorf("%s: %w", lr.at(), err)
-		}
-		var gone []any
-		for _, pk := range pks {
-			if _, ok := existing[pk.key]; !ok {
-				gone = append(gone, pk.wire)
-			}
-		}
-		if len(gone) > 0 {
-			s, err := jsonList(gone)
-			if err != nil {
-				return err
-			}
-			if err := writeLine(out, s); err != nil {
-				return err
-			}
-			pr.Printf("PK to delete: %s", pyCollection("[", "]", gone))
-		}
-		pr.Add(len(pks))
-	}
-	pr.Finish()
-	return nil
+	report := func(gone []any) string { return "PK to delete: " + pyCollection("[", "]", gone) }
+	return de.writeSecondStage(ctx, in.lr, t, in.header, f.progress(true), report, func(v any) (diffPackage, error) {
+		pks, err := pkList(v, t, in.lr)
+		gone := func(_ int, _ syncRow, found bool) bool { return !found }
+		return diffPackage{pks: pks, keep: gone}, err
+	})
 }
 
 // pkList reads a package of primary keys (a JSON list), dropping repeats.
@@ -224,33 +105,14 @@ replica.django_compat is set). Writes nothing to stdout; a line that fails is
 reported on stderr with its line number and the exit code is 1.`
 
 func runDeletedSyncReplica(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "deleted-sync-replica", "cqrs deleted-sync-replica [--progress] [--config FILE] < pks-to-delete", deletedSyncReplicaAbout)
-	var c commonFlags
-	c.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
-		return err
-	}
-	de, err := loadDataEnv(env, c.config)
+	f := newDataFlags(env, "deleted-sync-replica", "cqrs deleted-sync-replica [--progress] [--config FILE] < pks-to-delete", deletedSyncReplicaAbout)
+	de, in, err := f.loadStream(args)
 	if err != nil {
 		return err
 	}
 	defer de.Close()
-	lr := newLineReader(env.Stdin, "stdin")
-	_, parts, err := lr.header()
-	if err != nil {
-		return err
-	}
-	id := parts[0]
-	if err := de.replicaFor(id, "stdin line 1"); err != nil {
-		return err
-	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	eng, err := de.newEngine(ctx)
+	id := in.cqrsID()
+	eng, err := de.openEngine(ctx, id, "stdin line 1")
 	if err != nil {
 		return err
 	}
@@ -258,35 +120,18 @@ func runDeletedSyncReplica(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	pr := newProgress(env.Stderr, chooseProgress(env, c.progress, false), -1)
+	pr := newProgress(env.Stderr, f.progress(false), -1)
 	failed := 0
-	for {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted at %s", lr.at())
-		}
-		line, ok, err := lr.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			break
-		}
-		v, ok, err := lr.jsonLine(line)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
-		pks, err := pkList(v, t, lr)
-		if err != nil {
-			return err
-		}
+	err = in.lr.eachPKList(ctx, t, func(pks []pkVal) error {
 		if err := deleteReplicaRows(ctx, de, eng, t, pks); err != nil {
 			failed++
-			pr.Printf("%s: %v", lr.at(), err)
+			pr.Printf("%s: %v", in.lr.at(), err)
 		}
 		pr.Add(len(pks))
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	pr.Finish()
 	if failed > 0 {

@@ -24,28 +24,12 @@ Pipe it to cqrs diff-replica (or django-cqrs's cqrs_diff_replica) on the replica
 ` + filterHelp
 
 func runDiffMaster(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "diff-master",
+	f := newDataFlags(env, "diff-master",
 		"cqrs diff-master --cqrs-id ID [-f JSON] [--batch N] [--progress] [--config FILE] > diff", diffMasterAbout)
-	var c commonFlags
-	c.register(fs)
-	id := fs.String("cqrs-id", "", "cqrs_id of the master model (required)")
-	fs.StringVar(id, "cid", "", "same as --cqrs-id")
-	filter := fs.String("filter", "", "only rows matching this JSON filter (see above)")
-	fs.StringVar(filter, "f", "", "same as --filter")
-	batch := batchFlag(fs, "rows per output line")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
-		return err
-	}
-	if *id == "" {
-		return usagef("--cqrs-id is required")
-	}
-	if err := checkBatch(*batch); err != nil {
-		return err
-	}
-	de, err := loadDataEnv(env, c.config)
+	id := f.cqrsID("cid", "cqrs_id of the master model (required)")
+	filter := f.stringFlag("filter", "f", "only rows matching this JSON filter (see above)")
+	batch := f.batchSize("rows per output line")
+	de, err := f.load(args)
 	if err != nil {
 		return err
 	}
@@ -54,38 +38,8 @@ func runDiffMaster(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var w whereClause
-	if *filter != "" {
-		if w, err = parseFilter(*filter, t); err != nil {
-			return err
-		}
-	}
-	total, err := t.count(ctx, de.db, w)
-	if err != nil {
-		return err
-	}
-	if total == 0 {
-		fmt.Fprintln(env.Stderr, "No objects found for filter!")
-		return nil
-	}
 	mm, _ := de.reg.Master(*id)
-	out := bufio.NewWriter(env.Stdout)
-	if err := writeLine(out, *id+","+wire.FormatPyDateTime(time.Now().UTC())); err != nil {
-		return err
-	}
-	pr := newProgress(env.Stderr, chooseProgress(env, c.progress, true), total)
-	var after *pkVal
-	for {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted after %d of %d rows", pr.done, total)
-		}
-		page, err := t.page(ctx, de.db, w, after, *batch)
-		if err != nil {
-			return err
-		}
-		if len(page) == 0 {
-			break
-		}
+	return de.writeFirstStage(ctx, t, *filter, *batch, f.progress(true), func(page []pkRev) ([]any, error) {
 		keep := map[string]bool(nil)
 		if mm.IsSyncInstance != nil {
 			pks := make([]any, len(page))
@@ -94,7 +48,7 @@ func runDiffMaster(ctx context.Context, env Env, args []string) error {
 			}
 			rows, err := m.Rows(ctx, de.db, *id, pks)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			keep = map[string]bool{}
 			for _, row := range rows {
@@ -110,21 +64,8 @@ func runDiffMaster(ctx context.Context, env Env, args []string) error {
 				pkg = append(pkg, []any{r.pk.wire, json.Number(strconv.FormatInt(r.rev, 10))})
 			}
 		}
-		line, err := jsonList(pkg)
-		if err != nil {
-			return err
-		}
-		if err := writeLine(out, line); err != nil {
-			return err
-		}
-		pr.Add(len(page))
-		after = &page[len(page)-1].pk
-		if len(page) < *batch {
-			break
-		}
-	}
-	pr.Finish()
-	return nil
+		return pkg, nil
+	})
 }
 
 const diffReplicaAbout = `Second stage of the revision diff, run on the replica (django-cqrs's
@@ -138,27 +79,13 @@ stderr gets "PK to resync: {2, 3}" for each such line. Pipe it to cqrs diff-sync
 (or django-cqrs's cqrs_diff_sync) on the master.`
 
 func runDiffReplica(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "diff-replica", "cqrs diff-replica [--progress] [--config FILE] < diff-master-stream", diffReplicaAbout)
-	var c commonFlags
-	c.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
-		return err
-	}
-	de, err := loadDataEnv(env, c.config)
+	f := newDataFlags(env, "diff-replica", "cqrs diff-replica [--progress] [--config FILE] < diff-master-stream", diffReplicaAbout)
+	de, in, err := f.loadStream(args)
 	if err != nil {
 		return err
 	}
 	defer de.Close()
-	lr := newLineReader(env.Stdin, "stdin")
-	header, parts, err := lr.header()
-	if err != nil {
-		return err
-	}
-	id := parts[0]
-	t, err := de.openReplicaTable(ctx, id, "stdin line 1")
+	t, err := de.openReplicaTable(ctx, in.cqrsID(), "stdin line 1")
 	if err != nil {
 		return err
 	}
@@ -166,57 +93,12 @@ func runDiffReplica(ctx context.Context, env Env, args []string) error {
 	if queue == "" {
 		queue = "None" // Python's str(None), as django-cqrs writes it
 	}
-	out := bufio.NewWriter(env.Stdout)
-	if err := writeLine(out, header+","+queue); err != nil {
-		return err
-	}
-	pr := newProgress(env.Stderr, chooseProgress(env, c.progress, true), -1)
-	for {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted at %s", lr.at())
-		}
-		line, ok, err := lr.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			break
-		}
-		v, ok, err := lr.jsonLine(line)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
-		pks, revs, err := revisionPairs(v, t, lr)
-		if err != nil {
-			return err
-		}
-		stored, err := t.lookup(ctx, de.db, pks)
-		if err != nil {
-			return fmt.Errorf("%s: %w", lr.at(), err)
-		}
-		var diff []any
-		for i, pk := range pks {
-			if r, ok := stored[pk.key]; !ok || r.rev != revs[i] {
-				diff = append(diff, pk.wire)
-			}
-		}
-		if len(diff) > 0 {
-			s, err := jsonList(diff)
-			if err != nil {
-				return err
-			}
-			if err := writeLine(out, s); err != nil {
-				return err
-			}
-			pr.Printf("PK to resync: %s", pyCollection("{", "}", diff))
-		}
-		pr.Add(len(pks))
-	}
-	pr.Finish()
-	return nil
+	report := func(diff []any) string { return "PK to resync: " + pyCollection("{", "}", diff) }
+	return de.writeSecondStage(ctx, in.lr, t, in.header+","+queue, f.progress(true), report, func(v any) (diffPackage, error) {
+		pks, revs, err := revisionPairs(v, t, in.lr)
+		differs := func(i int, row syncRow, found bool) bool { return !found || row.rev != revs[i] }
+		return diffPackage{pks: pks, keep: differs}, err
+	})
 }
 
 // revisionPairs reads a diff-master package, a list of [pk, cqrs_revision]
@@ -252,4 +134,101 @@ func revisionPairs(v any, t *tableRef, lr *lineReader) ([]pkVal, []int64, error)
 		revs = append(revs, rev)
 	}
 	return pks, revs, nil
+}
+
+// writeFirstStage writes the first stage of a diff stream, run on the side
+// that has every row (cqrs_diff_master, cqrs_deleted_diff_replica): the line
+// "<cqrs_id>,<now>" and then, per batch of t's rows matching filter (every
+// row without one) in primary key order, the JSON list that pkg makes of
+// them. When no row matches, stdout stays empty and stderr says so.
+func (de *dataEnv) writeFirstStage(ctx context.Context, t *tableRef, filter string, batch int, mode progressMode, pkg func(page []pkRev) ([]any, error)) error {
+	w, err := filterWhere(filter, t, whereClause{})
+	if err != nil {
+		return err
+	}
+	total, err := t.count(ctx, de.db, w)
+	if err != nil {
+		return err
+	}
+	if total == 0 {
+		fmt.Fprintln(de.env.Stderr, "No objects found for filter!")
+		return nil
+	}
+	out := bufio.NewWriter(de.env.Stdout)
+	if err := writeLine(out, t.cqrsID+","+wire.FormatPyDateTime(time.Now().UTC())); err != nil {
+		return err
+	}
+	pr := newProgress(de.env.Stderr, mode, total)
+	interrupted := func() error { return interruptedAfter(pr.done, total) }
+	err = t.eachPage(ctx, de.db, w, batch, pr, interrupted, func(page []pkRev) error {
+		items, err := pkg(page)
+		if err != nil {
+			return err
+		}
+		line, err := jsonList(items)
+		if err != nil {
+			return err
+		}
+		return writeLine(out, line)
+	})
+	if err != nil {
+		return err
+	}
+	pr.Finish()
+	return nil
+}
+
+// diffPackage is one package line read by a second stage of a diff: its
+// primary keys, and which of them go to the output, given the table's row
+// for each (found false: the table lacks it).
+type diffPackage struct {
+	pks  []pkVal
+	keep func(i int, row syncRow, found bool) bool
+}
+
+// writeSecondStage writes the second stage of a diff stream, run on the
+// other side (cqrs_diff_replica, cqrs_deleted_diff_master): header as the
+// first line and then, per package line of lr that read decodes, the JSON
+// list of the primary keys it keeps, unless there are none. Each such list
+// is also reported on stderr as report renders it.
+func (de *dataEnv) writeSecondStage(ctx context.Context, lr *lineReader, t *tableRef, header string, mode progressMode, report func(pks []any) string, read func(v any) (diffPackage, error)) error {
+	out := bufio.NewWriter(de.env.Stdout)
+	if err := writeLine(out, header); err != nil {
+		return err
+	}
+	pr := newProgress(de.env.Stderr, mode, -1)
+	err := lr.eachJSON(ctx, func(v any) error {
+		p, err := read(v)
+		if err != nil {
+			return err
+		}
+		stored, err := t.lookup(ctx, de.db, p.pks)
+		if err != nil {
+			return fmt.Errorf("%s: %w", lr.at(), err)
+		}
+		var kept []any
+		for i, pk := range p.pks {
+			row, found := stored[pk.key]
+			if p.keep(i, row, found) {
+				kept = append(kept, pk.wire)
+			}
+		}
+		if len(kept) > 0 {
+			s, err := jsonList(kept)
+			if err != nil {
+				return err
+			}
+			if err := writeLine(out, s); err != nil {
+				return err
+			}
+			pr.Printf("%s", report(kept))
+		}
+		pr.Add(len(p.pks))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	pr.Finish()
+	return nil
 }

@@ -30,30 +30,13 @@ is given; -o - writes to stdout. At the end stderr gets django-cqrs's summary:
   N instance(s) processed.`
 
 func runBulkDump(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "bulk-dump",
+	f := newDataFlags(env, "bulk-dump",
 		"cqrs bulk-dump --cqrs-id ID [-o FILE | -o -] [--force] [--batch N] [--progress] [--config FILE]", bulkDumpAbout)
-	var c commonFlags
-	c.register(fs)
-	id := fs.String("cqrs-id", "", "cqrs_id of the master model to dump (required)")
-	fs.StringVar(id, "c", "", "same as --cqrs-id")
-	out := fs.String("output", "", "output file, - for stdout (default <cqrs_id>.dump)")
-	fs.StringVar(out, "o", "", "same as --output")
-	force := fs.Bool("force", false, "overwrite the output file if it exists")
-	fs.BoolVar(force, "f", false, "same as --force")
-	batch := batchFlag(fs, "rows read per query")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
-		return err
-	}
-	if *id == "" {
-		return usagef("--cqrs-id is required")
-	}
-	if err := checkBatch(*batch); err != nil {
-		return err
-	}
-	de, err := loadDataEnv(env, c.config)
+	id := f.cqrsID("c", "cqrs_id of the master model to dump (required)")
+	out := f.stringFlag("output", "o", "output file, - for stdout (default <cqrs_id>.dump)")
+	force := f.boolFlag("force", "f", "overwrite the output file if it exists")
+	batch := f.batchSize("rows read per query")
+	de, err := f.load(args)
 	if err != nil {
 		return err
 	}
@@ -70,18 +53,11 @@ func runBulkDump(ctx context.Context, env Env, args []string) error {
 			return fmt.Errorf("--output %s: the file exists (--force overwrites it)", name)
 		}
 	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	m, err := de.newMaster(ctx)
+	m, t, err := de.openMasterModel(ctx, *id)
 	if err != nil {
 		return err
 	}
-	t, err := de.masterTable(*id)
-	if err != nil {
-		return err
-	}
-	mode := chooseProgress(env, c.progress, name == "-")
+	mode := f.progress(name == "-")
 	if name == "-" {
 		return dumpTo(ctx, de, m, t, env.Stdout, *batch, mode)
 	}
@@ -131,18 +107,8 @@ func dumpTo(ctx context.Context, de *dataEnv, m *master.Master, t *tableRef, out
 		return fmt.Errorf("write dump: %w", err)
 	}
 	saved, processed := 0, 0
-	var after *pkVal
-	for {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted after %d of %d rows", processed, total)
-		}
-		page, err := t.page(ctx, de.db, whereClause{}, after, batch)
-		if err != nil {
-			return err
-		}
-		if len(page) == 0 {
-			break
-		}
+	interrupted := func() error { return interruptedAfter(int64(processed), total) }
+	err = t.eachPage(ctx, de.db, whereClause{}, batch, pr, interrupted, func(page []pkRev) error {
 		pks := make([]any, len(page))
 		for i, r := range page {
 			pks[i] = r.pk.bind
@@ -165,11 +131,10 @@ func dumpTo(ctx context.Context, de *dataEnv, m *master.Master, t *tableRef, out
 			}
 			saved++
 		}
-		pr.Add(len(page))
-		after = &page[len(page)-1].pk
-		if len(page) < batch {
-			break
-		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("write dump: %w", err)

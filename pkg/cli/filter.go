@@ -60,6 +60,15 @@ func parseFilter(raw string, t *tableRef) (whereClause, error) {
 	return whereClause{sql: strings.Join(conds, " AND "), args: args}, nil
 }
 
+// filterWhere is parseFilter for a --filter that may be left out: without
+// one it returns none.
+func filterWhere(raw string, t *tableRef, none whereClause) (whereClause, error) {
+	if raw == "" {
+		return none, nil
+	}
+	return parseFilter(raw, t)
+}
+
 func filterCond(key string, val any, t *tableRef) (string, []any, error) {
 	name, lookup, _ := strings.Cut(key, "__")
 	if lookup == "" {

@@ -35,23 +35,19 @@ Blank lines are skipped. At the end stderr gets django-cqrs's summary
 --clear deletes every row of the replica table first (django-cqrs's -c).`
 
 func runBulkLoad(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "bulk-load",
+	f := newDataFlags(env, "bulk-load",
 		"cqrs bulk-load -i FILE|- [--clear] [--batch N] [--progress] [--config FILE]", bulkLoadAbout)
-	var c commonFlags
-	c.register(fs)
-	in := fs.String("input", "", "dump file to load, - for stdin (required)")
-	fs.StringVar(in, "i", "", "same as --input")
-	clear := fs.Bool("clear", false, "delete every row of the replica table before loading")
-	fs.BoolVar(clear, "c", false, "same as --clear")
-	batch := batchFlag(fs, "lines applied per transaction")
-	if err := parse(fs, args); err != nil {
+	in := f.stringFlag("input", "i", "dump file to load, - for stdin (required)")
+	clear := f.boolFlag("clear", "c", "delete every row of the replica table before loading")
+	batch := f.batchSize("lines applied per transaction")
+	if err := parse(f.fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
+	if f.fs.NArg() > 0 {
 		if *clear {
-			return usagef("unexpected argument %q (--clear takes no value: write -c or --clear)", fs.Arg(0))
+			return usagef("unexpected argument %q (--clear takes no value: write -c or --clear)", f.fs.Arg(0))
 		}
-		return usagef("unexpected argument %q", fs.Arg(0))
+		return usagef("unexpected argument %q", f.fs.Arg(0))
 	}
 	if *in == "" {
 		return usagef("--input is required: a dump file, or - for stdin")
@@ -59,7 +55,7 @@ func runBulkLoad(ctx context.Context, env Env, args []string) error {
 	if err := checkBatch(*batch); err != nil {
 		return err
 	}
-	de, err := loadDataEnv(env, c.config)
+	de, err := f.loadEnv()
 	if err != nil {
 		return err
 	}
@@ -68,18 +64,17 @@ func runBulkLoad(ctx context.Context, env Env, args []string) error {
 	var src io.Reader = env.Stdin
 	name, total := "stdin", int64(-1)
 	if *in != "-" {
-		f, err := os.Open(*in)
+		file, err := os.Open(*in)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("--input %s: the file doesn't exist", *in)
 			}
 			return fmt.Errorf("--input %s: %w", *in, err)
 		}
-		defer f.Close()
-		src, name = f, *in
-		mode := chooseProgress(env, c.progress, false)
-		if mode != progressOff {
-			if total, err = countLines(f); err != nil {
+		defer file.Close()
+		src, name = file, *in
+		if f.progress(false) != progressOff {
+			if total, err = countLines(file); err != nil {
 				return fmt.Errorf("--input %s: %w", *in, err)
 			}
 		}
@@ -93,13 +88,7 @@ func runBulkLoad(ctx context.Context, env Env, args []string) error {
 	if !ok || id == "" {
 		return fmt.Errorf("%s line 1: the dump is empty: want the cqrs_id on the first line", name)
 	}
-	if err := de.replicaFor(id, name+" line 1"); err != nil {
-		return err
-	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	eng, err := de.newEngine(ctx)
+	eng, err := de.openEngine(ctx, id, name+" line 1")
 	if err != nil {
 		return err
 	}
@@ -108,7 +97,7 @@ func runBulkLoad(ctx context.Context, env Env, args []string) error {
 			return err
 		}
 	}
-	pr := newProgress(env.Stderr, chooseProgress(env, c.progress, false), total)
+	pr := newProgress(env.Stderr, f.progress(false), total)
 	if total >= 0 {
 		pr.Begin(total, *batch)
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -67,6 +68,72 @@ func (lr *lineReader) jsonLine(line string) (any, bool, error) {
 		return nil, false, fmt.Errorf("%s: %w", lr.at(), err)
 	}
 	return v, true, nil
+}
+
+// diffInput is a diff stream on stdin, read past its first line.
+type diffInput struct {
+	lr     *lineReader
+	header string   // the first line, trimmed
+	fields []string // its comma-separated fields: cqrs_id, time[, queue]
+}
+
+// cqrsID is the cqrs_id the stream is about.
+func (in *diffInput) cqrsID() string { return in.fields[0] }
+
+// loadStream is load for the later stages of a diff, which read a diff
+// stream on stdin: it also reads the stream's first line.
+func (f *dataFlags) loadStream(args []string) (*dataEnv, *diffInput, error) {
+	de, err := f.load(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	lr := newLineReader(f.env.Stdin, "stdin")
+	header, fields, err := lr.header()
+	if err != nil {
+		de.Close()
+		return nil, nil, err
+	}
+	return de, &diffInput{lr: lr, header: header, fields: fields}, nil
+}
+
+// eachJSON calls fn with each package line of a diff stream, decoded (see
+// jsonLine), until the end of the stream or an error. When ctx is done it
+// stops before reading the next line, naming the line it got to.
+func (lr *lineReader) eachJSON(ctx context.Context, fn func(v any) error) error {
+	for {
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted at %s", lr.at())
+		}
+		line, ok, err := lr.next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return nil
+		}
+		v, ok, err := lr.jsonLine(line)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		if err := fn(v); err != nil {
+			return err
+		}
+	}
+}
+
+// eachPKList is eachJSON for a stream whose packages are lists of primary
+// keys of t (see pkList).
+func (lr *lineReader) eachPKList(ctx context.Context, t *tableRef, fn func(pks []pkVal) error) error {
+	return lr.eachJSON(ctx, func(v any) error {
+		pks, err := pkList(v, t, lr)
+		if err != nil {
+			return err
+		}
+		return fn(pks)
+	})
 }
 
 // writeLine writes one stream line followed by "\n" and flushes it, so the

@@ -26,34 +26,19 @@ stderr ("Sync record failed for pk=...") and the exit code is then 1.
 ` + filterHelp
 
 func runSync(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "sync",
+	f := newDataFlags(env, "sync",
 		"cqrs sync --cqrs-id ID -f JSON [--queue QUEUE] [--batch N] [--progress] [--no-publish] [--config FILE]", syncAbout)
-	var c commonFlags
-	c.register(fs)
-	id := fs.String("cqrs-id", "", "cqrs_id of the master model (required)")
-	fs.StringVar(id, "cid", "", "same as --cqrs-id")
-	filter := fs.String("filter", "", "rows to sync, a JSON filter (see above); '{}' for every row")
-	fs.StringVar(filter, "f", "", "same as --filter")
-	queue := fs.String("queue", "", "send the SYNCs to this replica queue only (default: broadcast)")
-	fs.StringVar(queue, "q", "", "same as --queue")
-	batch := batchFlag(fs, "rows synced per transaction")
-	noPublish := fs.Bool("no-publish", false, "only write the messages to the outbox; a running cqrs relay publishes them")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
-		return err
-	}
-	if *id == "" {
-		return usagef("--cqrs-id is required")
-	}
-	if err := checkBatch(*batch); err != nil {
-		return err
-	}
-	if err := checkQueue(*queue, "--queue"); err != nil {
-		return usagef("%v", err)
-	}
-	de, err := loadDataEnv(env, c.config)
+	id := f.cqrsID("cid", "cqrs_id of the master model (required)")
+	filter := f.stringFlag("filter", "f", "rows to sync, a JSON filter (see above); '{}' for every row")
+	queue := f.stringFlag("queue", "q", "send the SYNCs to this replica queue only (default: broadcast)")
+	batch := f.batchSize("rows synced per transaction")
+	noPublish := noPublishFlag(f)
+	de, err := f.load(args, func() error {
+		if err := checkQueue(*queue, "--queue"); err != nil {
+			return usagef("%v", err)
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -62,13 +47,11 @@ func runSync(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	w := whereClause{sql: "1 = 0"} // django-cqrs: no filter, no rows
-	if *filter != "" {
-		if w, err = parseFilter(*filter, t); err != nil {
-			return err
-		}
+	w, err := filterWhere(*filter, t, whereClause{sql: "1 = 0"}) // django-cqrs: no filter, no rows
+	if err != nil {
+		return err
 	}
-	s := &syncer{de: de, m: m, t: t, queue: *queue, batch: *batch, mode: chooseProgress(env, c.progress, false)}
+	s := &syncer{de: de, m: m, t: t, queue: *queue, batch: *batch, mode: f.progress(false)}
 	mark, err := de.markOutbox(ctx)
 	if err != nil {
 		return err
@@ -90,31 +73,15 @@ transaction, and then published with a relay (--no-publish leaves them to a
 running cqrs relay).`
 
 func runDiffSync(ctx context.Context, env Env, args []string) error {
-	fs := newDataFlags(env, "diff-sync", "cqrs diff-sync [--batch N] [--progress] [--no-publish] [--config FILE] < diff-replica-stream", diffSyncAbout)
-	var c commonFlags
-	c.register(fs)
-	batch := batchFlag(fs, "rows synced per transaction")
-	noPublish := fs.Bool("no-publish", false, "only write the messages to the outbox; a running cqrs relay publishes them")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := noArgs(fs); err != nil {
-		return err
-	}
-	if err := checkBatch(*batch); err != nil {
-		return err
-	}
-	de, err := loadDataEnv(env, c.config)
+	f := newDataFlags(env, "diff-sync", "cqrs diff-sync [--batch N] [--progress] [--no-publish] [--config FILE] < diff-replica-stream", diffSyncAbout)
+	batch := f.batchSize("rows synced per transaction")
+	noPublish := noPublishFlag(f)
+	de, in, err := f.loadStream(args)
 	if err != nil {
 		return err
 	}
 	defer de.Close()
-	lr := newLineReader(env.Stdin, "stdin")
-	_, parts, err := lr.header()
-	if err != nil {
-		return err
-	}
-	id := parts[0]
+	id, parts := in.cqrsID(), in.fields
 	if err := de.masterFor(id, "stdin line 1"); err != nil {
 		return err
 	}
@@ -127,23 +94,21 @@ func runDiffSync(ctx context.Context, env Env, args []string) error {
 			return err
 		}
 	}
-	if err := de.open(ctx); err != nil {
-		return err
-	}
-	m, err := de.newMaster(ctx)
+	m, t, err := de.openMasterModel(ctx, id)
 	if err != nil {
 		return err
 	}
-	t, err := de.masterTable(id)
-	if err != nil {
-		return err
-	}
-	s := &syncer{de: de, m: m, t: t, queue: queue, batch: *batch, mode: chooseProgress(env, c.progress, false)}
+	s := &syncer{de: de, m: m, t: t, queue: queue, batch: *batch, mode: f.progress(false)}
 	mark, err := de.markOutbox(ctx)
 	if err != nil {
 		return err
 	}
-	return s.finish(ctx, s.syncStream(ctx, lr, env.Stdout), mark, *noPublish)
+	return s.finish(ctx, s.syncStream(ctx, in.lr, env.Stdout), mark, *noPublish)
+}
+
+// noPublishFlag registers --no-publish.
+func noPublishFlag(f *dataFlags) *bool {
+	return f.fs.Bool("no-publish", false, "only write the messages to the outbox; a running cqrs relay publishes them")
 }
 
 // checkQueue rejects a queue name that cannot be part of a routing key.
@@ -180,18 +145,8 @@ func (s *syncer) syncWhere(ctx context.Context, w whereClause, out io.Writer) er
 	pr := newProgress(s.de.env.Stderr, s.mode, total)
 	pr.Begin(total, s.batch)
 	synced, processed := 0, 0
-	var after *pkVal
-	for {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted after %d of %d rows", processed, total)
-		}
-		page, err := s.t.page(ctx, s.de.db, w, after, s.batch)
-		if err != nil {
-			return err
-		}
-		if len(page) == 0 {
-			break
-		}
+	interrupted := func() error { return interruptedAfter(int64(processed), total) }
+	err = s.t.eachPage(ctx, s.de.db, w, s.batch, pr, interrupted, func(page []pkRev) error {
 		pks := make([]pkVal, len(page))
 		for i, r := range page {
 			pks[i] = r.pk
@@ -202,11 +157,10 @@ func (s *syncer) syncWhere(ctx context.Context, w whereClause, out io.Writer) er
 		}
 		synced += n
 		processed += len(page)
-		pr.Add(len(page))
-		after = &page[len(page)-1].pk
-		if len(page) < s.batch {
-			break
-		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	pr.Finish()
 	fmt.Fprintf(out, "Done!\n%d instance(s) synced.\n%d instance(s) processed.\n", synced, processed)
@@ -218,28 +172,7 @@ func (s *syncer) syncWhere(ctx context.Context, w whereClause, out io.Writer) er
 func (s *syncer) syncStream(ctx context.Context, lr *lineReader, out io.Writer) error {
 	bw := bufio.NewWriter(out)
 	defer bw.Flush()
-	for {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted at %s", lr.at())
-		}
-		line, ok, err := lr.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return nil
-		}
-		v, ok, err := lr.jsonLine(line)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
-		pks, err := pkList(v, s.t, lr)
-		if err != nil {
-			return err
-		}
+	return lr.eachPKList(ctx, s.t, func(pks []pkVal) error {
 		// Only the rows that exist are processed.
 		existing, err := s.t.lookup(ctx, s.de.db, pks)
 		if err != nil {
@@ -257,7 +190,8 @@ func (s *syncer) syncStream(ctx context.Context, lr *lineReader, out io.Writer) 
 		if err := bw.Flush(); err != nil {
 			return fmt.Errorf("write output: %w", err)
 		}
-	}
+		return nil
+	})
 }
 
 // syncPKs syncs the given rows, as one cqrs_sync run, and prints its

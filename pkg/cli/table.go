@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
 
 	"github.com/jmoiron/sqlx"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 )
 
@@ -129,7 +129,7 @@ func (t *tableRef) page(ctx context.Context, q sqlx.QueryerContext, w whereClaus
 		if err != nil {
 			return nil, fmt.Errorf("read %s rows: %w", t.cqrsID, err)
 		}
-		rev, ok := intOf(rawRev)
+		rev, ok := master.ScannedInt(rawRev)
 		if !ok {
 			return nil, fmt.Errorf("read %s rows: pk %s: revision %v is not an integer", t.cqrsID, pk.key, rawRev)
 		}
@@ -139,6 +139,40 @@ func (t *tableRef) page(ctx context.Context, q sqlx.QueryerContext, w whereClaus
 		return nil, fmt.Errorf("read %s rows: %w", t.cqrsID, err)
 	}
 	return out, nil
+}
+
+// eachPage calls fn with the rows matching w, batch rows a page in pk
+// order (see page), and then counts the page on pr. It stops after a page
+// shorter than batch; when ctx is done, it stops before reading the next
+// page and returns what interrupted returns.
+func (t *tableRef) eachPage(ctx context.Context, q sqlx.QueryerContext, w whereClause, batch int, pr *progress, interrupted func() error, fn func(page []pkRev) error) error {
+	var after *pkVal
+	for {
+		if ctx.Err() != nil {
+			return interrupted()
+		}
+		page, err := t.page(ctx, q, w, after, batch)
+		if err != nil {
+			return err
+		}
+		if len(page) == 0 {
+			return nil
+		}
+		if err := fn(page); err != nil {
+			return err
+		}
+		pr.Add(len(page))
+		after = &page[len(page)-1].pk
+		if len(page) < batch {
+			return nil
+		}
+	}
+}
+
+// interruptedAfter is the error of a command stopped after done of total
+// rows.
+func interruptedAfter(done, total int64) error {
+	return fmt.Errorf("interrupted after %d of %d rows", done, total)
 }
 
 // syncRow is a stored row's primary key and sync columns.
@@ -175,7 +209,7 @@ func (t *tableRef) lookup(ctx context.Context, q sqlx.QueryerContext, pks []pkVa
 				rows.Close()
 				return nil, fmt.Errorf("read %s rows: %w", t.cqrsID, err)
 			}
-			rev, ok := intOf(rawRev)
+			rev, ok := master.ScannedInt(rawRev)
 			if !ok {
 				rows.Close()
 				return nil, fmt.Errorf("read %s rows: pk %s: revision %v is not an integer", t.cqrsID, pk.key, rawRev)
@@ -218,7 +252,7 @@ func pkFromDB(kind dialect.Kind, raw any) (pkVal, error) {
 	p := pkVal{bind: raw}
 	switch kind {
 	case dialect.KindInt:
-		i, ok := intOf(raw)
+		i, ok := master.ScannedInt(raw)
 		if !ok {
 			return pkVal{}, fmt.Errorf("primary key %v (%T) is not an integer", raw, raw)
 		}
@@ -307,31 +341,4 @@ func showJSON(v any) string {
 		return fmt.Sprint(v)
 	}
 	return string(b)
-}
-
-// intOf converts a scanned integer.
-func intOf(v any) (int64, bool) {
-	switch n := v.(type) {
-	case int64:
-		return n, true
-	case int32:
-		return int64(n), true
-	case int:
-		return int64(n), true
-	case uint64:
-		if n <= math.MaxInt64 {
-			return int64(n), true
-		}
-	case float64:
-		if n == math.Trunc(n) {
-			return int64(n), true
-		}
-	case []byte:
-		i, err := strconv.ParseInt(string(n), 10, 64)
-		return i, err == nil
-	case string:
-		i, err := strconv.ParseInt(n, 10, 64)
-		return i, err == nil
-	}
-	return 0, false
 }

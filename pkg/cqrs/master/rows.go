@@ -115,7 +115,7 @@ func scanRows(rows *sql.Rows, mm *registry.MasterModel) ([]*wire.Fields, error) 
 			return nil, err
 		}
 		f := wire.NewFields()
-		rev, ok := toInt(vals[0])
+		rev, ok := ScannedInt(vals[0])
 		if !ok {
 			return nil, fmt.Errorf("column %s: revision %v is not an integer", mm.RevisionColumn, vals[0])
 		}
@@ -191,7 +191,10 @@ func pkString(pk any) string {
 	return fmt.Sprint(pk)
 }
 
-func toInt(v any) (int64, bool) {
+// ScannedInt converts an integer value scanned from the database (any of
+// the Go types the drivers return for integer columns, or its decimal text)
+// to int64. It reports false when v is not an integer.
+func ScannedInt(v any) (int64, bool) {
 	switch n := v.(type) {
 	case int64:
 		return n, true
@@ -228,7 +231,7 @@ func toWire(kind dialect.Kind, v any) (any, error) {
 	}
 	switch kind {
 	case dialect.KindInt:
-		if i, ok := toInt(v); ok {
+		if i, ok := ScannedInt(v); ok {
 			return json.Number(strconv.FormatInt(i, 10)), nil
 		}
 		if s, ok := v.(string); ok {
