@@ -1,6 +1,7 @@
 // Package bench measures gocqrs on the machine it runs on, against that
 // machine's own limits measured in the same run: a raw pipelined AMQP
-// publisher and a raw batched revision-guarded upsert. It backs `cqrs bench`.
+// publisher (or a raw asynchronous Kafka producer) and a raw batched
+// revision-guarded upsert. It backs `cqrs bench`.
 //
 // Each run builds fresh master and replica tables (PostgreSQL schemas or
 // SQLite files) and a fresh transport, then measures, in order:
@@ -38,16 +39,22 @@ type Options struct {
 	// Runs is how many times everything is measured; the report shows the
 	// median (default 3).
 	Runs int
-	// Transport is "memory" or "rabbitmq" (default memory).
+	// Transport is "memory", "rabbitmq" or "kafka" (default memory).
 	Transport string
 	// AMQPURL is the RabbitMQ URL for Transport "rabbitmq".
 	AMQPURL string
+	// KafkaBrokers lists the brokers (host:port) for Transport "kafka";
+	// empty means an in-process kfake cluster started for each run.
+	KafkaBrokers []string
 	// PostgresURL selects PostgreSQL for both sides (a schema each per run);
 	// empty means SQLite files in a temporary directory.
 	PostgresURL string
 	// BatchSize is the consumer's batch (default 500); RelayBatch the relay's (default 1000).
 	BatchSize  int
 	RelayBatch int
+	// Workers is the number of replica consumers on the queue (default 2,
+	// as `cqrs-consume -w 2`).
+	Workers int
 	// Progress receives one line per phase; nil discards them.
 	Progress io.Writer
 	// Logger receives the components' logs; nil discards them.
@@ -80,6 +87,9 @@ func (o *Options) fill() {
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 500
+	}
+	if o.Workers <= 0 {
+		o.Workers = 2
 	}
 	if o.RelayBatch <= 0 {
 		o.RelayBatch = 1000
@@ -149,12 +159,20 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	opts.fill()
 	rep := &Report{Options: opts, Equal: true}
 	for i := 1; i <= opts.Runs; i++ {
-		fmt.Fprintf(opts.Progress, "run %d/%d (%s transport, %s, %d rows)\n", i, opts.Runs, opts.Transport, dbName(opts), opts.Rows)
+		fmt.Fprintf(opts.Progress, "run %d/%d (%s transport, %s, %d rows)\n", i, opts.Runs, transportName(opts), dbName(opts), opts.Rows)
 		if err := runOnce(ctx, opts, rep); err != nil {
 			return rep, fmt.Errorf("bench: run %d: %w", i, err)
 		}
 	}
 	return rep, nil
+}
+
+// transportName names o's transport, and for kafka which cluster.
+func transportName(o Options) string {
+	if o.Transport == "kafka" {
+		return "kafka (" + kafkaDescription(o) + ")"
+	}
+	return o.Transport
 }
 
 func dbName(o Options) string {
@@ -168,7 +186,10 @@ func dbName(o Options) string {
 // ratio against the baseline and the goal.
 func (r *Report) Print(w io.Writer) {
 	o := r.Options
-	fmt.Fprintf(w, "gocqrs bench: %s transport, %s on both sides, %d rows, median of %d run(s)\n\n", o.Transport, dbName(o), o.Rows, o.Runs)
+	fmt.Fprintf(w, "gocqrs bench: %s transport, %s on both sides, %d rows, median of %d run(s)\n\n", transportName(o), dbName(o), o.Rows, o.Runs)
+	if o.Transport == "kafka" {
+		fmt.Fprintf(w, "%s\n\n", kafkaNote(o))
+	}
 	fmt.Fprintf(w, "%-44s %14s  %-28s %s\n", "measure", "median", "runs", "vs baseline / goal")
 	fmt.Fprintln(w, strings.Repeat("-", 120))
 	byName := map[string]*Figure{}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/gocqrs/gocqrs/pkg/cqrs"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/consumer"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
@@ -31,9 +32,11 @@ const (
 	fWritePlain  = "master write: tx without outbox"
 	fWriteOutbox = "master write: tx with outbox"
 	fRawAMQP     = "baseline: raw AMQP, pipelined confirms"
+	fRawKafka    = "baseline: raw Kafka produce, acks=all, async"
 	fRelay       = "relay: pre-filled outbox → broker"
 	fRawUpsert   = "baseline: raw batched guarded upsert"
 	fRawConsume  = "baseline: raw AMQP consume, prefetch 1000"
+	fRawKConsume = "baseline: raw Kafka consume, all partitions"
 	fApplyBroker = "replica apply (same figure) vs broker delivery"
 	fApply       = "replica apply: pre-filled queue"
 	fDrain       = "end-to-end drain: outbox → replica"
@@ -54,6 +57,7 @@ type env struct {
 	reader   *master.Master
 	rreg     *registry.Registry
 	eng      *replica.Engine
+	kafka    *kafkaBench // Transport "kafka" only
 	cleanup  []func()
 }
 
@@ -145,6 +149,18 @@ func newEnv(ctx context.Context, o Options) (*env, error) {
 	}
 	cfg := transports.Config{Transport: o.Transport, URL: o.AMQPURL, Exchange: randomName("bench_x")}
 	cfg.Memory.MaxPending = 4*o.Rows + 100000
+	// The RabbitMQ prefetch cqrs-consume sets for this batch size.
+	cfg.Prefetch = (&cqrs.Config{Replica: cqrs.ReplicaConfig{BatchSize: o.BatchSize}}).TransportConfig().Prefetch
+	if o.Transport == transports.KafkaName {
+		if err := e.setupKafka(&cfg); err != nil {
+			return e, err
+		}
+		// One consumer-group member working on Workers partitions at once,
+		// as cqrs-consume -w runs Kafka.
+		if cfg.Kafka.Workers == 0 {
+			cfg.Kafka.Workers = o.Workers
+		}
+	}
 	if e.tr, err = transports.New(ctx, cfg.WithDefaults(), o.Logger); err != nil {
 		return e, err
 	}
@@ -231,6 +247,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	}
 
 	// 2. relay from a pre-filled outbox, with its baseline.
+	rawPub, rawCons := "", "" // the broker baselines' figures, if any
 	if o.Transport == transports.RabbitMQName {
 		fmt.Fprintf(p, "  baseline: raw AMQP publisher, %d messages\n", o.Rows)
 		pub, cons, err := rawAMQP(ctx, o.AMQPURL, o.Rows, sampleBody())
@@ -241,6 +258,19 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		f.Runs = append(f.Runs, pub)
 		fc := rep.figure(fRawConsume, "msg/s")
 		fc.Runs = append(fc.Runs, cons)
+		rawPub, rawCons = fRawAMQP, fRawConsume
+	}
+	if o.Transport == transports.KafkaName {
+		fmt.Fprintf(p, "  baseline: raw Kafka producer and consumer (Sarama), %d messages\n", o.Rows)
+		pub, cons, err := e.kafka.raw(ctx, o.Rows, sampleBody())
+		if err != nil {
+			return fmt.Errorf("raw Kafka baseline: %w", err)
+		}
+		f := rep.figure(fRawKafka, "msg/s")
+		f.Runs = append(f.Runs, pub)
+		fc := rep.figure(fRawKConsume, "msg/s")
+		fc.Runs = append(fc.Runs, cons)
+		rawPub, rawCons = fRawKafka, fRawKConsume
 	}
 	fmt.Fprintf(p, "  filling the outbox with %d creates\n", o.Rows)
 	if err := e.prefillCreates(ctx, o.Rows); err != nil {
@@ -259,8 +289,8 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	}
 	fr := rep.figure(fRelay, "msg/s")
 	fr.Runs = append(fr.Runs, float64(o.Rows)/dur.Seconds())
-	if o.Transport == transports.RabbitMQName {
-		fr.Against, fr.Goal, fr.Higher, fr.GoalIsRatio = fRawAMQP, 0.7, true, true
+	if rawPub != "" {
+		fr.Against, fr.Goal, fr.Higher, fr.GoalIsRatio = rawPub, 0.7, true, true
 	}
 
 	// 3. replica apply from the pre-filled queue, with its baseline.
@@ -271,6 +301,9 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	}
 	rep.figure(fRawUpsert, "rows/s").Runs = append(rep.figure(fRawUpsert, "rows/s").Runs, rate)
 	fmt.Fprintln(p, "  replica apply: consuming the queue")
+	if o.Transport == transports.KafkaName {
+		fmt.Fprintln(p, "    (Kafka cannot detach: one message per transaction, one per partition at a time)")
+	}
 	rec := newRecorder(e.eng)
 	endPhase = o.Phase("apply")
 	stopConsumer, cons, err := e.startConsumer(ctx, rec)
@@ -279,20 +312,20 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		return err
 	}
 	start := time.Now()
-	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Stats().Done() >= int64(o.Rows) })
+	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Done() >= int64(o.Rows) })
 	endPhase()
 	if err != nil {
 		stopConsumer()
-		return fmt.Errorf("apply: %d of %d messages done: %w", cons.Stats().Done(), o.Rows, err)
+		return fmt.Errorf("apply: %d of %d messages done: %w", cons.Done(), o.Rows, err)
 	}
 	fa := rep.figure(fApply, "rows/s")
 	fa.Runs = append(fa.Runs, float64(o.Rows)/time.Since(start).Seconds())
 	fa.Against, fa.Goal, fa.Higher, fa.GoalIsRatio = fRawUpsert, 0.5, true, true
-	if o.Transport == transports.RabbitMQName {
+	if rawCons != "" {
 		// The apply rate cannot exceed what the broker delivers: show that bound too.
 		fb := rep.figure(fApplyBroker, "rows/s")
 		fb.Runs = append(fb.Runs, fa.Runs[len(fa.Runs)-1])
-		fb.Against = fRawConsume
+		fb.Against = rawCons
 	}
 
 	// 4. end-to-end drain of updates, relay and consumer running together.
@@ -301,7 +334,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		stopConsumer()
 		return err
 	}
-	before := cons.Stats().Done()
+	before := cons.Done()
 	rctx, stopRelay := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -309,7 +342,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	fmt.Fprintln(p, "  drain: relay and replica running")
 	endPhase = o.Phase("drain")
 	start = time.Now()
-	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Stats().Done()-before >= int64(o.Rows) })
+	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Done()-before >= int64(o.Rows) })
 	endPhase()
 	if err != nil {
 		stopRelay()
@@ -528,21 +561,53 @@ func join(parts []string) string {
 	return out
 }
 
-func (e *env) startConsumer(ctx context.Context, ap consumer.Applier) (stop func(), c *consumer.Consumer, err error) {
-	c, err = consumer.New(e.tr, e.rreg, ap, consumer.Options{Queue: e.queue, BatchSize: e.o.BatchSize, Logger: e.o.Logger})
-	if err != nil {
-		return nil, nil, err
+// workers are the replica's consumers, as `cqrs-consume -w N` runs them:
+// one consumer (router, subscription, batch collector) per worker on the
+// same queue.
+type workers []*consumer.Consumer
+
+// Done sums the workers' finished messages.
+func (w workers) Done() int64 {
+	var n int64
+	for _, c := range w {
+		n += c.Stats().Done()
+	}
+	return n
+}
+
+func (e *env) startConsumer(ctx context.Context, ap consumer.Applier) (stop func(), w workers, err error) {
+	n := e.o.Workers
+	if e.o.Transport != transports.RabbitMQName {
+		// As cqrs-consume: the memory transport fans every message out to
+		// every subscriber, and Kafka's workers are partitions of one
+		// consumer-group member.
+		n = 1
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- c.Run(cctx) }()
-	select {
-	case <-c.Running():
-	case err := <-done:
+	done := make(chan error, n)
+	stop = func() {
 		cancel()
-		return nil, nil, fmt.Errorf("consumer: %w", err)
+		for range w {
+			<-done
+		}
 	}
-	return func() { cancel(); <-done }, c, nil
+	for range n {
+		c, err := consumer.New(e.tr, e.rreg, ap, consumer.Options{Queue: e.queue, BatchSize: e.o.BatchSize, Logger: e.o.Logger})
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		w = append(w, c)
+		go func() { done <- c.Run(cctx) }()
+		select {
+		case <-c.Running():
+		case err := <-done:
+			w = w[:len(w)-1]
+			stop()
+			return nil, nil, fmt.Errorf("consumer: %w", err)
+		}
+	}
+	return stop, w, nil
 }
 
 // latency offers rate updates per second for dur, one transaction every
@@ -551,6 +616,9 @@ func (e *env) latency(ctx context.Context, rec *recorder, relay *outbox.Relay, r
 	perTick := max(1, rate/100)
 	ticks := int(dur / (10 * time.Millisecond))
 	committed := map[string]time.Time{}
+	// A pk is updated again when the load wraps around Rows; it counts as
+	// applied once all its updates are.
+	commits := map[string]int{}
 	rec.start()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -573,16 +641,17 @@ func (e *env) latency(ctx context.Context, rec *recorder, relay *outbox.Relay, r
 		if err := tx.Commit(); err != nil {
 			return 0, 0, err
 		}
-		relay.Wake()
 		now := time.Now()
+		relay.Wake()
 		for _, k := range keys {
 			committed[k] = now
+			commits[k]++
 		}
 	}
 	want := len(committed)
 	var lat []float64
 	err = waitFor(ctx, 2*time.Minute, func() bool {
-		lat = rec.latencies(committed)
+		lat = rec.latencies(committed, commits)
 		return len(lat) >= want
 	})
 	if err != nil {
@@ -627,16 +696,18 @@ type recorder struct {
 	mu  sync.Mutex
 	on  bool
 	at  map[string]time.Time
+	n   map[string]int // messages applied per pk since start
 }
 
 func newRecorder(eng *replica.Engine) *recorder {
-	return &recorder{eng: eng, at: map[string]time.Time{}}
+	return &recorder{eng: eng, at: map[string]time.Time{}, n: map[string]int{}}
 }
 
 func (r *recorder) start() {
 	r.mu.Lock()
 	r.on = true
 	r.at = map[string]time.Time{}
+	r.n = map[string]int{}
 	r.mu.Unlock()
 }
 
@@ -648,7 +719,9 @@ func (r *recorder) note(dls []replica.Delivery) {
 	}
 	now := time.Now()
 	for _, dl := range dls {
-		r.at[fmt.Sprint(dl.Payload.InstancePK)] = now
+		k := fmt.Sprint(dl.Payload.InstancePK)
+		r.at[k] = now
+		r.n[k]++
 	}
 }
 
@@ -670,13 +743,17 @@ func (r *recorder) ApplyBatch(ctx context.Context, dls []replica.Delivery) ([]re
 	return res, errs, err
 }
 
-func (r *recorder) latencies(committed map[string]time.Time) []float64 {
+func (r *recorder) latencies(committed map[string]time.Time, commits map[string]int) []float64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []float64
 	for k, c := range committed {
-		if a, ok := r.at[k]; ok && !a.Before(c) {
-			out = append(out, float64(a.Sub(c).Microseconds())/1000)
+		// Messages of one pk are applied in order: once all of its updates
+		// are, a is when the last one was. It may precede c by the time
+		// between Commit returning and c being taken (a loaded machine),
+		// which counts as 0.
+		if a, ok := r.at[k]; ok && r.n[k] >= commits[k] {
+			out = append(out, float64(max(0, a.Sub(c)).Microseconds())/1000)
 		}
 	}
 	return out

@@ -5,28 +5,35 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/gocqrs/gocqrs/pkg/bench"
 )
 
 func runBench(ctx context.Context, env Env, args []string) error {
-	fs := newFlags(env, "bench", `cqrs bench [--transport memory|rabbitmq] [--url AMQP_URL] [--postgres URL] [--rows N] [--runs N]
+	fs := newFlags(env, "bench", `cqrs bench [--transport memory|rabbitmq|kafka] [--url AMQP_URL] [--brokers HOST:PORT,...] [--postgres URL] [--rows N] [--runs N]
 
 Measures gocqrs on this machine and, in the same run, the machine's limits:
 master write with and without the outbox, relay rate against a raw pipelined
-AMQP publisher, replica apply rate against a raw batched revision-guarded
-upsert, end-to-end drain, and commit→applied latency at a fixed offered rate.
-Every run ends with a row-by-row comparison of master and replica. Fresh
-tables (PostgreSQL schemas, or SQLite files when --postgres is empty) and
-fresh broker queues are made for each run and removed after it.`)
-	transport := fs.String("transport", "memory", "memory or rabbitmq")
+AMQP publisher (kafka: a raw asynchronous Sarama producer, acks=all), replica
+apply rate against a raw batched revision-guarded upsert, end-to-end drain,
+and commit→applied latency at a fixed offered rate. Every run ends with a
+row-by-row comparison of master and replica. Fresh tables (PostgreSQL
+schemas, or SQLite files when --postgres is empty) and fresh broker queues
+(kafka: topics under a fresh prefix) are made for each run and removed after
+it. --transport kafka without --brokers starts an in-process Kafka (kfake)
+for each run. Kafka cannot detach messages, so its replica applies one
+message per transaction (--batch has no effect there).`)
+	transport := fs.String("transport", "memory", "memory, rabbitmq or kafka")
 	amqpURL := fs.String("url", env.Getenv("CQRS_URL"), "RabbitMQ URL for --transport rabbitmq (default $CQRS_URL)")
+	brokers := fs.String("brokers", "", "Kafka brokers host:port,... for --transport kafka (default: an in-process kfake cluster)")
 	pg := fs.String("postgres", "", "PostgreSQL URL for both sides (default: SQLite files)")
 	rows := fs.Int("rows", 100000, "messages for the relay, apply and drain measurements")
 	writes := fs.Int("writes", 2000, "transactions for the master write measurement")
 	runs := fs.Int("runs", 3, "runs; the table shows the median")
 	batch := fs.Int("batch", 500, "replica batch size (1 = one message per transaction)")
+	workers := fs.Int("w", 2, "replica workers (consumers on the queue), as cqrs-consume -w")
 	rate := fs.Int("rate", 2000, "offered rows/s for the latency measurement")
 	rateFor := fs.Duration("rate-for", 5*time.Second, "how long the latency load runs")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file (go tool pprof): of the whole run, or of --profile-phase")
@@ -37,16 +44,29 @@ fresh broker queues are made for each run and removed after it.`)
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
+	var kafkaBrokers []string
+	for _, b := range strings.Split(*brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			kafkaBrokers = append(kafkaBrokers, b)
+		}
+	}
 	switch *transport {
 	case "memory":
 	case "rabbitmq":
 		if *amqpURL == "" {
 			return usagef("--transport rabbitmq needs --url (or $CQRS_URL)")
 		}
+	case "kafka":
+		if err := bench.CheckKafkaBrokers(kafkaBrokers); err != nil {
+			return usagef("--brokers: %v", err)
+		}
 	default:
-		return usagef("--transport %q: want memory or rabbitmq", *transport)
+		return usagef("--transport %q: want memory, rabbitmq or kafka", *transport)
 	}
-	for name, v := range map[string]int{"rows": *rows, "writes": *writes, "runs": *runs, "batch": *batch, "rate": *rate} {
+	if *transport != "kafka" && len(kafkaBrokers) > 0 {
+		return usagef("--brokers is for --transport kafka")
+	}
+	for name, v := range map[string]int{"rows": *rows, "writes": *writes, "runs": *runs, "batch": *batch, "rate": *rate, "w": *workers} {
 		if v < 1 {
 			return usagef("--%s %d: want a positive number", name, v)
 		}
@@ -78,7 +98,7 @@ fresh broker queues are made for each run and removed after it.`)
 	}
 	rep, err := bench.Run(ctx, bench.Options{
 		Rows: *rows, WriteTxs: *writes, Runs: *runs, Rate: *rate, RateFor: *rateFor,
-		Transport: *transport, AMQPURL: *amqpURL, PostgresURL: *pg, BatchSize: *batch,
+		Transport: *transport, AMQPURL: *amqpURL, KafkaBrokers: kafkaBrokers, PostgresURL: *pg, BatchSize: *batch, Workers: *workers,
 		Progress: env.Stderr, Phase: phase,
 	})
 	if rep != nil && len(rep.Figures) > 0 {
