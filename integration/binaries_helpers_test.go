@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
@@ -490,53 +490,12 @@ func loadSituation(t *testing.T) situation {
 }
 
 // pgTextRows reads a PostgreSQL author table as psql would print it in UTC,
-// the form situation.json records the fixture replica's rows in.
+// the form situation.json records the fixture replica's rows in: the
+// columns of replica_schema.json's author_ref, as fixtures.ReadTable reads
+// them.
 func pgTextRows(t *testing.T, db *testenv.DB, table string) []map[string]*string {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "SET TIME ZONE 'UTC'"); err != nil {
-		t.Fatal(err)
-	}
-	cols := []string{"cqrs_revision", "cqrs_updated", "id", "name", "birth_date", "rating", "active", "external_uuid", "payload", "created_at"}
-	sel := make([]string, len(cols))
-	for i, c := range cols {
-		sel[i] = c + "::text"
-	}
-	rows, err := conn.QueryContext(ctx, "SELECT "+strings.Join(sel, ", ")+" FROM "+table+" ORDER BY id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []map[string]*string
-	for rows.Next() {
-		vals := make([]sql.NullString, len(cols))
-		ptrs := make([]any, len(cols))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		if err := rows.Scan(ptrs...); err != nil {
-			t.Fatal(err)
-		}
-		row := map[string]*string{}
-		for i, c := range cols {
-			if vals[i].Valid {
-				s := vals[i].String
-				row[c] = &s
-			} else {
-				row[c] = nil
-			}
-		}
-		out = append(out, row)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return fixtures.ReadTable(t, db, fixtures.LoadSchema(t)["author_ref"], table)
 }
 
 // showTextRows prints text rows for failure messages.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cli"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/consumer"
@@ -102,13 +103,10 @@ func (s *cliSide) wireRows(table string) []string {
 	return out
 }
 
+// dumpFixture returns a file of the wire fixtures' dumps directory.
 func dumpFixture(t *testing.T, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.FixturesDir(t), "dumps", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return fixtures.ReadFile(t, filepath.Join("dumps", name))
 }
 
 var cliStamp = regexp.MustCompile(`^(\w+),[0-9][0-9 :.+-]+`)
@@ -128,7 +126,7 @@ func TestCLIRepairPipelines(t *testing.T) {
 			mdb, rdb := testenv.SQLite(t), testenv.Open(t, rname)
 			m := newCLISide(t, mdb, "author", "models:\n  - {cqrs_id: author, role: master, table: author}\n")
 			r := newCLISide(t, rdb, "author_ref", "queue: fixture_replica\nmodels:\n  - {cqrs_id: author, role: replica, table: author_ref}\n")
-			dumpPath := filepath.Join(testenv.FixturesDir(t), "dumps", "cqrs_bulk_dump_author.stdout")
+			dumpPath := fixtures.Path(t, "dumps", "cqrs_bulk_dump_author.stdout")
 			dump := strings.Split(dumpFixture(t, "cqrs_bulk_dump_author.stdout"), "\n")[1:]
 
 			// The situation: the master holds the dump's rows (loaded through a

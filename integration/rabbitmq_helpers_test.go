@@ -6,21 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
-	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gocqrs/gocqrs/internal/brokertest"
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/consumer"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
@@ -94,209 +87,15 @@ func runInBackground(t *testing.T, name string, fn func(ctx context.Context) err
 	})
 }
 
-// readFixtureJSON decodes a wire-fixtures file.
-func readFixtureJSON(t *testing.T, rel string, v any) {
-	t.Helper()
-	path := filepath.Join(testenv.FixturesDir(t), rel)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-}
-
-// rmqColumn is a column of wire-fixtures/replica_schema.json.
-type rmqColumn struct {
-	Column   string `json:"column"`
-	DataType string `json:"data_type"`
-	Nullable string `json:"nullable"`
-	CharMax  *int   `json:"char_max_length"`
-	Prec     *int   `json:"numeric_precision"`
-	Scale    *int   `json:"numeric_scale"`
-}
-
-// rmqRows are table rows as PostgreSQL's text output (col::text, session
-// time zone UTC); nil is SQL NULL.
-type rmqRows map[string][]map[string]*string
-
-// rmqReplicaTables are the fixture replica's tables, in schema order.
-var rmqReplicaTables = []string{"author_ref", "book_ref"}
-
 // createFixtureReplicaTables creates the fixture replica's tables on
 // PostgreSQL exactly as replica_schema.json describes them (the types
-// Django created), and the tombstone table.
-func createFixtureReplicaTables(t *testing.T, db *testenv.DB) map[string][]rmqColumn {
+// Django created; fixtures.ReplicaDDL), and the tombstone table, and
+// returns the schema.
+func createFixtureReplicaTables(t *testing.T, db *testenv.DB) fixtures.Schema {
 	t.Helper()
-	var schema map[string][]rmqColumn
-	readFixtureJSON(t, "replica_schema.json", &schema)
-	ctx := context.Background()
-	for _, table := range rmqReplicaTables {
-		var defs []string
-		for _, c := range schema[table] {
-			typ := c.DataType
-			switch typ {
-			case "character varying":
-				typ = fmt.Sprintf("varchar(%d)", *c.CharMax)
-			case "numeric":
-				typ = fmt.Sprintf("numeric(%d,%d)", *c.Prec, *c.Scale)
-			}
-			def := c.Column + " " + typ
-			if c.Nullable == "NO" {
-				def += " NOT NULL"
-			}
-			if c.Column == "id" {
-				def += " PRIMARY KEY"
-			}
-			defs = append(defs, def)
-		}
-		if _, err := db.ExecContext(ctx, "CREATE TABLE "+table+" ("+strings.Join(defs, ", ")+")"); err != nil {
-			t.Fatalf("create %s: %v", table, err)
-		}
-	}
-	if err := replica.Migrate(ctx, db.DB, db.Dialect, replica.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	schema := fixtures.LoadSchema(t)
+	fixtures.SetUpReplica(t, db)
 	return schema
-}
-
-// readFixtureRows reads the fixture replica's tables as the capture did:
-// every column as col::text with the session time zone UTC, by id.
-func readFixtureRows(t *testing.T, db *testenv.DB, schema map[string][]rmqColumn) rmqRows {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := db.Connx(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "SET TIME ZONE 'UTC'"); err != nil {
-		t.Fatal(err)
-	}
-	out := rmqRows{}
-	for _, table := range rmqReplicaTables {
-		var sel []string
-		for _, c := range schema[table] {
-			sel = append(sel, c.Column+"::text")
-		}
-		rows, err := conn.QueryxContext(ctx, "SELECT "+strings.Join(sel, ", ")+" FROM "+table+" ORDER BY id")
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[table] = []map[string]*string{}
-		for rows.Next() {
-			vals := make([]*string, len(sel))
-			ptrs := make([]any, len(sel))
-			for i := range vals {
-				ptrs[i] = &vals[i]
-			}
-			if err := rows.Scan(ptrs...); err != nil {
-				rows.Close()
-				t.Fatal(err)
-			}
-			row := map[string]*string{}
-			for i, c := range schema[table] {
-				row[c.Column] = vals[i]
-			}
-			out[table] = append(out[table], row)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		rows.Close()
-	}
-	return out
-}
-
-// showRows renders rows for comparison and messages: one line per row,
-// columns in schema order, NULL for SQL NULL; rows sorted by id.
-func showRows(schema map[string][]rmqColumn, rows rmqRows) string {
-	var b strings.Builder
-	for _, table := range rmqReplicaTables {
-		list := append([]map[string]*string(nil), rows[table]...)
-		sort.SliceStable(list, func(i, j int) bool { return rowID(list[i]) < rowID(list[j]) })
-		fmt.Fprintf(&b, "%s:", table)
-		for _, row := range list {
-			b.WriteString("\n  ")
-			for _, c := range schema[table] {
-				v := "NULL"
-				if p := row[c.Column]; p != nil {
-					v = strconv.Quote(*p)
-				}
-				fmt.Fprintf(&b, "%s=%s ", c.Column, v)
-			}
-		}
-		b.WriteString("\n")
-	}
-	return b.String()
-}
-
-func rowID(row map[string]*string) int {
-	if p := row["id"]; p != nil {
-		n, _ := strconv.Atoi(*p)
-		return n
-	}
-	return 0
-}
-
-// failingCreate is the fixture replica's cqrs_create override: "fail-always"
-// always fails, "fail-once" fails the first time its pk is seen (by this
-// hook, the fixture's "worker process"); other rows get the default create.
-type failingCreate struct {
-	mu   sync.Mutex
-	seen map[string]bool
-}
-
-func (f *failingCreate) create(ctx context.Context, ac *registry.ApplyContext, data *wire.Fields) error {
-	name, _ := data.Get("name")
-	pk, _ := data.Get("id")
-	switch name {
-	case "fail-always":
-		return errors.New("fixture replica: fail-always")
-	case "fail-once":
-		key := fmt.Sprint(pk)
-		f.mu.Lock()
-		first := !f.seen[key]
-		f.seen[key] = true
-		f.mu.Unlock()
-		if first {
-			return errors.New("fixture replica: fail-once (first attempt)")
-		}
-	}
-	return replica.DefaultCreate(ctx, ac, data)
-}
-
-// fixtureReplicaRegistry declares the fixture replica's models (README §1):
-// author with the failing create override, book with its mapping.
-func fixtureReplicaRegistry(t *testing.T) *registry.Registry {
-	t.Helper()
-	reg := registry.New()
-	hook := &failingCreate{seen: map[string]bool{}}
-	if err := reg.RegisterReplica(registry.ReplicaModel{
-		CQRSID: "author", Table: "author_ref", PK: "id",
-		Hooks: registry.ReplicaHooks{Create: hook.create},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.RegisterReplica(registry.ReplicaModel{
-		CQRSID: "book", Table: "book_ref", PK: "id",
-		Mapping: []registry.Mapping{{From: "id", To: "id"}, {From: "title", To: "name"}, {From: "author", To: "author_id"}},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return reg
-}
-
-// rmqWireMessage is a message as the fixtures record it (messages/ files,
-// published_by_replica and dead-letter queue contents).
-type rmqWireMessage struct {
-	Scenario    string         `json:"scenario"`
-	PublishedBy string         `json:"published_by"`
-	RoutingKey  string         `json:"routing_key"`
-	Redelivered bool           `json:"redelivered"`
-	Properties  map[string]any `json:"properties"`
-	Body        string         `json:"body"`
 }
 
 // propsJSON renders properties canonically (sorted keys, JSON numbers).
@@ -316,7 +115,7 @@ func propsJSON(t *testing.T, props map[string]any) string {
 
 // compareWire compares a message seen on the broker with a recorded one:
 // routing key, every AMQP property, and the exact body bytes.
-func compareWire(t *testing.T, what string, got brokertest.Message, want rmqWireMessage) {
+func compareWire(t *testing.T, what string, got brokertest.Message, want fixtures.Message) {
 	t.Helper()
 	if got.RoutingKey != want.RoutingKey {
 		t.Errorf("%s: routing key %q, want %q", what, got.RoutingKey, want.RoutingKey)

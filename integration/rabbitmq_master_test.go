@@ -11,11 +11,7 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -24,95 +20,11 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/gocqrs/gocqrs/internal/brokertest"
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 	"github.com/gocqrs/gocqrs/pkg/outbox"
-)
-
-// The recording master's tables (wire-fixtures README §1), on SQLite.
-var rmqMasterSchema = []string{
-	`CREATE TABLE author (id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(200) NOT NULL, birth_date DATE NULL,
-	  rating DECIMAL(6,2) NULL, active BOOL NOT NULL DEFAULT 1, external_uuid UUID NULL, payload JSON NULL,
-	  created_at DATETIME NULL, cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`,
-	`CREATE TABLE book (id INTEGER PRIMARY KEY AUTOINCREMENT, title VARCHAR(200) NOT NULL, author_id INTEGER NOT NULL REFERENCES author(id),
-	  cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`,
-	`CREATE TABLE label (code VARCHAR(50) PRIMARY KEY, name VARCHAR(100) NOT NULL, cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`,
-}
-
-// rmqMasterRegistry declares the recording master's models: author with
-// CQRS_TRACKED_FIELDS name and rating, book with its FK named "author" and
-// custom DELETE data, label with a char pk named "code".
-func rmqMasterRegistry(t *testing.T) *registry.Registry {
-	t.Helper()
-	reg := registry.New()
-	for _, m := range []registry.MasterModel{
-		{CQRSID: "author", Table: "author", TrackedFields: []string{"name", "rating"}},
-		{
-			CQRSID: "book", Table: "book",
-			Fields: []registry.Field{{Name: "id"}, {Name: "title"}, {Name: "author", Column: "author_id"}},
-			DeleteData: func(_ context.Context, _ *sqlx.Tx, row *wire.Fields) (any, error) {
-				title, _ := row.Get("title")
-				return wire.FieldsOf("title", title), nil
-			},
-		},
-		{CQRSID: "label", Table: "label", PK: "code"},
-	} {
-		if err := reg.RegisterMaster(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return reg
-}
-
-// The recording's "hooks" master settings: correlation
-// 'corr:{signal_type}:{cqrs_id}:{instance_pk}:{queue}' and meta
-// {"source": "master"}.
-func rmqCorrelation(_ context.Context, ev registry.Event) any {
-	pk, q := "None", "None"
-	if ev.PK != nil {
-		pk = fmt.Sprint(ev.PK)
-	}
-	if ev.Queue != "" {
-		q = ev.Queue
-	}
-	return fmt.Sprintf("corr:%s:%s:%s:%s", ev.Signal, ev.CQRSID, pk, q)
-}
-
-func rmqMeta(context.Context, registry.Event, *wire.Fields) any {
-	return wire.FieldsOf("source", "master")
-}
-
-// loadMasterMessages returns the recorded messages the master published, by
-// scenario, in arrival order.
-func loadMasterMessages(t *testing.T) map[string][]rmqWireMessage {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(testenv.FixturesDir(t), "messages", "[0-9]*.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(files)
-	out := map[string][]rmqWireMessage{}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var m rmqWireMessage
-		if err := json.Unmarshal(b, &m); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		if m.PublishedBy == "master" {
-			out[m.Scenario] = append(out[m.Scenario], m)
-		}
-	}
-	return out
-}
-
-var (
-	rmqUpdatedRe = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00$`)
-	rmqExpiresRe = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$`)
 )
 
 // bodyShape describes a body's format: the envelope's keys in order and,
@@ -139,55 +51,16 @@ func bodyShape(t *testing.T, body []byte) string {
 	return strings.Join(shape, "\n")
 }
 
-// canonicalBody decodes body, checks the formats of the volatile values and
-// replaces them (and sorts previous_data), then encodes it again, so that
-// two bodies compare byte for byte.
-func canonicalBody(t *testing.T, what string, body []byte) string {
-	t.Helper()
-	p, err := wire.Decode(body)
-	if err != nil {
-		t.Fatalf("%s: decode %s: %v", what, body, err)
-	}
-	if v, ok := p.InstanceData.Get(wire.UpdatedKey); ok {
-		if s, _ := v.(string); !rmqUpdatedRe.MatchString(s) {
-			t.Errorf("%s: cqrs_updated %q is not Python str(datetime) in UTC", what, s)
-		}
-		p.InstanceData.Set(wire.UpdatedKey, "<updated>")
-	}
-	if p.Expires != nil {
-		if s := wire.FormatExpires(*p.Expires); !rmqExpiresRe.MatchString(s) {
-			t.Errorf("%s: expires %q is not ISO-8601 without fractions", what, s)
-		}
-		fixed := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-		p.Expires = &fixed
-	}
-	if p.PreviousData != nil {
-		keys := append([]string(nil), p.PreviousData.Keys()...)
-		sort.Strings(keys)
-		sorted := wire.NewFields()
-		for _, k := range keys {
-			v, _ := p.PreviousData.Get(k)
-			sorted.Set(k, v)
-		}
-		p.PreviousData = sorted
-	}
-	out, err := wire.Encode(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out)
-}
-
 func TestRabbitMQMasterScenarios(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	node := brokertest.Shared(t)
 	u, _ := node.Vhost(t)
 	sniffer := brokertest.Sniff(t, u, rmqExchange, "fixture_sniff")
-	fixtures := loadMasterMessages(t)
+	recorded := fixtures.LoadMasterMessages(t)
 
 	db := testenv.SQLite(t)
-	for _, s := range rmqMasterSchema {
+	for _, s := range fixtures.MasterDDL {
 		if _, err := db.ExecContext(ctx, s); err != nil {
 			t.Fatal(err)
 		}
@@ -195,8 +68,8 @@ func TestRabbitMQMasterScenarios(t *testing.T) {
 	if err := outbox.Migrate(ctx, db.DB, db.Dialect); err != nil {
 		t.Fatal(err)
 	}
-	reg := rmqMasterRegistry(t)
-	hooks, err := master.New(ctx, db.DB, reg, master.WithCorrelation(rmqCorrelation), master.WithMeta(rmqMeta))
+	reg := fixtures.MasterRegistry(t)
+	hooks, err := master.New(ctx, db.DB, reg, master.WithCorrelation(fixtures.Correlation), master.WithMeta(fixtures.Meta))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +133,7 @@ func TestRabbitMQMasterScenarios(t *testing.T) {
 	}
 	total := 0
 	for _, sc := range scenarios {
-		want := fixtures[sc.name]
+		want := recorded[sc.name]
 		if len(want) == 0 {
 			t.Fatalf("%s: no recorded master message", sc.name)
 		}
@@ -290,7 +163,7 @@ func TestRabbitMQMasterScenarios(t *testing.T) {
 			if gs, ws := bodyShape(t, g.Body), bodyShape(t, []byte(w.Body)); gs != ws {
 				t.Errorf("%s: body keys\n ours:\n%s\n recorded:\n%s", what, gs, ws)
 			}
-			if gb, wb := canonicalBody(t, what, g.Body), canonicalBody(t, what+" (recorded)", []byte(w.Body)); gb != wb {
+			if gb, wb := fixtures.CanonicalBody(t, what, g.Body), fixtures.CanonicalBody(t, what+" (recorded)", []byte(w.Body)); gb != wb {
 				t.Errorf("%s: body\n ours     %s\n recorded %s", what, gb, wb)
 			}
 		}

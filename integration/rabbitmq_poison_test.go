@@ -11,6 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/gocqrs/gocqrs/internal/brokertest"
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/consumer"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
@@ -76,7 +77,7 @@ func TestRabbitMQPoisonMessages(t *testing.T) {
 	sniffer := brokertest.Sniff(t, u, rmqExchange, "poison_sniff")
 	db := testenv.Postgres(t)
 	createFixtureReplicaTables(t, db)
-	reg := fixtureReplicaRegistry(t)
+	reg := fixtures.ReplicaRegistry(t)
 	eng, err := replica.NewEngine(context.Background(), db.DB, db.Dialect, reg, replica.Options{Queue: queue, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +153,7 @@ func TestRabbitMQPoisonMessages(t *testing.T) {
 		}
 		return len(copies) >= 4
 	})
-	want := []rmqWireMessage{
+	want := []fixtures.Message{
 		{RoutingKey: "cqrs.poison.author", Properties: djangoProps(nil), Body: strings.Replace(original, `"retries":0`, `"retries":1`, 1)},
 		{RoutingKey: "cqrs.poison.author", Properties: djangoProps(nil), Body: strings.Replace(original, `"retries":0`, `"retries":2`, 1)},
 		{RoutingKey: "cqrs.poison.author", Properties: djangoProps(nil), Body: strings.Replace(original, `"retries":0`, `"retries":3`, 1)},

@@ -14,134 +14,16 @@ package integration
 import (
 	"context"
 	"fmt"
-	"path/filepath"
-	"sort"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/gocqrs/gocqrs/internal/brokertest"
+	"github.com/gocqrs/gocqrs/internal/fixtures"
+	"github.com/gocqrs/gocqrs/internal/fixtures/outcome"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/consumer"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
 )
-
-const (
-	rmqFixtureQueue = "fixture_replica"
-	rmqFixtureDLQ   = "dead_letter_fixture_replica"
-)
-
-type rmqQueueState struct {
-	Ready     int `json:"ready"`
-	Consumers int `json:"consumers"`
-}
-
-type rmqStep struct {
-	Step    int `json:"step"`
-	Publish struct {
-		RoutingKey string `json:"routing_key"`
-		Body       string `json:"body"`
-	} `json:"publish"`
-	Bound       bool                     `json:"replica_queue_has_matching_binding"`
-	Outcome     string                   `json:"outcome"`
-	Published   []rmqWireMessage         `json:"published_by_replica"`
-	QueuesAfter map[string]rmqQueueState `json:"queues_after"`
-	RowsAfter   rmqRows                  `json:"rows_after"`
-}
-
-type rmqCase struct {
-	Case        string           `json:"case"`
-	Steps       []rmqStep        `json:"steps"`
-	FinalRows   rmqRows          `json:"final_rows"`
-	DeadLetters []rmqWireMessage `json:"dead_letter_queue_contents_after_case"`
-}
-
-func loadReplicaCases(t *testing.T) []rmqCase {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(testenv.FixturesDir(t), "replica_cases", "[0-9]*.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(files)
-	var cases []rmqCase
-	for _, f := range files {
-		var c rmqCase
-		readFixtureJSON(t, filepath.Join("replica_cases", filepath.Base(f)), &c)
-		cases = append(cases, c)
-	}
-	if len(cases) != 37 {
-		t.Fatalf("found %d replica cases, want 37", len(cases))
-	}
-	return cases
-}
-
-// rmqDeviation is where gocqrs deliberately differs from the recording (the
-// differences named in the core issue).
-type rmqDeviation struct {
-	step    int
-	outcome string
-	rows    rmqRows // after the step and at the end of the case
-	queues  map[string]rmqQueueState
-	why     string
-}
-
-func rmqDeviations(djangoCompat bool, byName map[string]rmqCase) map[string]rmqDeviation {
-	empty := rmqRows{"author_ref": {}, "book_ref": {}}
-	d := map[string]rmqDeviation{
-		// django-cqrs's worker dies on a body without expires and leaves the
-		// message unacked in the queue with no consumer left; gocqrs reads
-		// it as "never expires" and applies it (the body is case 01's).
-		"37_missing_expires_kills_worker": {step: 1, outcome: "acked_applied",
-			rows: byName["01_save_create_rev0"].FinalRows,
-			queues: map[string]rmqQueueState{
-				rmqFixtureQueue: {Ready: 0, Consumers: 1}, rmqFixtureDLQ: {Ready: 0, Consumers: 0},
-			},
-			why: "no worker crash: a body without expires is applied"},
-	}
-	if !djangoCompat {
-		// DELETE rev 2 leaves a tombstone; the late SAVE rev 1 is older and
-		// skipped. With DjangoCompat it recreates the row as recorded.
-		d["12_delete_then_late_save_recreates"] = rmqDeviation{step: 4, outcome: "acked_skipped_tombstone",
-			rows: empty, why: "tombstones: a SAVE older than the DELETE does not recreate the row"}
-	}
-	return d
-}
-
-// rmqOutcome names what the consumer did with one published message in the
-// fixture's vocabulary, from the change in its counters.
-func rmqOutcome(before, after consumer.Stats) string {
-	requeues := after.Requeued - before.Requeued
-	switch {
-	case after.Unparseable > before.Unparseable:
-		return "rejected_unparseable"
-	case after.MissingKey > before.MissingKey:
-		return "rejected_missing_required_key"
-	case after.NoModel > before.NoModel:
-		return "nacked_dropped_no_replica_model"
-	case after.DeadLettered > before.DeadLettered:
-		if requeues > 0 {
-			return fmt.Sprintf("dead_lettered_after_%d_requeues", requeues)
-		}
-		return "dead_lettered"
-	case after.Skipped > before.Skipped:
-		for o, name := range map[replica.Outcome]string{
-			replica.OutcomeSkippedStale:     "acked_skipped_stale_revision",
-			replica.OutcomeSkippedDuplicate: "acked_skipped_duplicate_revision",
-			replica.OutcomeSkippedTombstone: "acked_skipped_tombstone",
-		} {
-			if after.Outcomes[o] > before.Outcomes[o] {
-				return name
-			}
-		}
-		return "acked_skipped_other"
-	case after.Applied > before.Applied:
-		if requeues > 0 {
-			return fmt.Sprintf("acked_applied_after_%d_requeues", requeues)
-		}
-		return "acked_applied"
-	}
-	return fmt.Sprintf("unknown (stats before %+v, after %+v)", before, after)
-}
 
 // rmqReplica is one Go replica on RabbitMQ: its vhost, sniffer, database and
 // running consumer.
@@ -151,9 +33,9 @@ type rmqReplica struct {
 	vhost    string
 	sniffer  *brokertest.Sniffer
 	pub      *brokertest.Publisher
-	inspect  func(queue string) rmqQueueState
+	inspect  func(queue string) fixtures.QueueState
 	db       *testenv.DB
-	schema   map[string][]rmqColumn
+	schema   fixtures.Schema
 	c        *runningConsumer
 	received int64 // deliveries the consumer must have had so far
 }
@@ -167,80 +49,62 @@ func newRMQReplica(t *testing.T, djangoCompat bool) *rmqReplica {
 	r.sniffer = brokertest.Sniff(t, u, rmqExchange, "fixture_sniff")
 	r.pub = brokertest.NewPublisher(t, u, rmqExchange)
 	conn := brokertest.Dial(t, u)
-	r.inspect = func(queue string) rmqQueueState {
+	r.inspect = func(queue string) fixtures.QueueState {
 		ready, consumers := brokertest.QueueState(t, conn, queue)
-		return rmqQueueState{Ready: ready, Consumers: consumers}
+		return fixtures.QueueState{Ready: ready, Consumers: consumers}
 	}
 
 	r.db = testenv.Postgres(t)
 	r.schema = createFixtureReplicaTables(t, r.db)
 	ctx := context.Background()
-	reg := fixtureReplicaRegistry(t)
+	reg := fixtures.ReplicaRegistry(t)
 	eng, err := replica.NewEngine(ctx, r.db.DB, r.db.Dialect, reg,
-		replica.Options{Queue: rmqFixtureQueue, DjangoCompat: djangoCompat, Logger: quietLogger()})
+		replica.Options{Queue: fixtures.Queue, DjangoCompat: djangoCompat, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tr := newRabbitTransport(t, u)
 	r.c = startRabbitConsumer(t, tr, reg, eng, consumer.Options{
-		Queue: rmqFixtureQueue, MaxRetries: new(2), RetryDelay: 50 * time.Millisecond,
+		Queue: fixtures.Queue, MaxRetries: new(fixtures.MaxRetries), RetryDelay: 50 * time.Millisecond,
 	})
 	return r
 }
 
 func TestRabbitMQReplicaCases(t *testing.T) {
 	t.Parallel()
-	cases := loadReplicaCases(t)
-	byName := map[string]rmqCase{}
-	for _, c := range cases {
-		byName[c.Case] = c
-	}
+	cases := fixtures.LoadReplicaCases(t)
+	byName := fixtures.ByName(cases)
 	for _, mode := range []string{"tombstones", "django_compat"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			djangoCompat := mode == "django_compat"
 			r := newRMQReplica(t, djangoCompat)
-			devs := rmqDeviations(djangoCompat, byName)
+			devs := fixtures.Deviations(djangoCompat, byName)
 			for _, fc := range cases {
-				t.Run(fc.Case, func(t *testing.T) { r.runCase(t, fc, devs[fc.Case]) })
+				t.Run(fc.Case, func(t *testing.T) { r.runCase(t, fc, devs) })
 			}
 			// Nothing is left on the replica queue, not even unacknowledged.
-			ready, unacked, consumers := r.node.QueueCounts(t, r.vhost, rmqFixtureQueue)
+			ready, unacked, consumers := r.node.QueueCounts(t, r.vhost, fixtures.Queue)
 			if ready != 0 || unacked != 0 || consumers != 1 {
-				t.Errorf("%s after all cases: ready %d, unacked %d, consumers %d; want 0, 0, 1", rmqFixtureQueue, ready, unacked, consumers)
+				t.Errorf("%s after all cases: ready %d, unacked %d, consumers %d; want 0, 0, 1", fixtures.Queue, ready, unacked, consumers)
 			}
 		})
 	}
 }
 
-func (r *rmqReplica) runCase(t *testing.T, fc rmqCase, dev rmqDeviation) {
-	ctx := context.Background()
+func (r *rmqReplica) runCase(t *testing.T, fc fixtures.Case, devs map[string]fixtures.Deviation) {
 	// The capture truncated the replica tables (and emptied the dead-letter
 	// queue, done after each case below) before each case.
-	for _, table := range append(append([]string(nil), rmqReplicaTables...), replica.DefaultTombstoneTable) {
-		if _, err := r.db.ExecContext(ctx, "DELETE FROM "+table); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fixtures.ClearReplicaTables(t, r.db)
 	for _, s := range fc.Steps {
-		wantOutcome, wantRows, wantQueues := s.Outcome, s.RowsAfter, s.QueuesAfter
-		if dev.step == s.Step {
-			t.Logf("step %d: deliberate difference: %s (django-cqrs: %s)", s.Step, dev.why, s.Outcome)
-			wantOutcome, wantRows = dev.outcome, dev.rows
-			if dev.queues != nil {
-				wantQueues = dev.queues
-			}
+		exp := fixtures.Expect(devs, fc, s)
+		if exp.Why != "" {
+			t.Logf("step %d: deliberate difference: %s (django-cqrs: %s)", s.Step, exp.Why, s.Outcome)
 		}
-		r.runStep(t, s, wantOutcome, wantRows, wantQueues)
+		r.runStep(t, s, exp)
 	}
-	wantFinal := fc.FinalRows
-	if dev.rows != nil {
-		wantFinal = dev.rows
-	}
-	if g, w := showRows(r.schema, readFixtureRows(t, r.db, r.schema)), showRows(r.schema, wantFinal); g != w {
-		t.Errorf("final rows\n got %s\nwant %s", g, w)
-	}
-	dlq := brokertest.Drain(t, r.url, rmqFixtureDLQ)
+	fixtures.CompareRows(t, "final", r.db, r.schema, fixtures.ExpectFinal(devs, fc), "")
+	dlq := brokertest.Drain(t, r.url, fixtures.DeadLetterQueue)
 	if len(dlq) != len(fc.DeadLetters) {
 		t.Errorf("dead-letter queue holds %d messages, want %d", len(dlq), len(fc.DeadLetters))
 	}
@@ -249,7 +113,7 @@ func (r *rmqReplica) runCase(t *testing.T, fc rmqCase, dev rmqDeviation) {
 	}
 }
 
-func (r *rmqReplica) runStep(t *testing.T, s rmqStep, wantOutcome string, wantRows rmqRows, wantQueues map[string]rmqQueueState) {
+func (r *rmqReplica) runStep(t *testing.T, s fixtures.Step, exp fixtures.Expectation) {
 	t.Helper()
 	before := r.c.Stats()
 	from := r.sniffer.Len()
@@ -257,35 +121,21 @@ func (r *rmqReplica) runStep(t *testing.T, s rmqStep, wantOutcome string, wantRo
 
 	wantPublished := s.Published
 	if s.Bound {
-		testenv.WaitFor(t, rmqWait, fmt.Sprintf("step %d's final outcome", s.Step), func() bool {
-			return r.c.Stats().Done() > before.Done()
-		})
-		after := r.c.Stats()
-		if got := rmqOutcome(before, after); got != wantOutcome {
-			t.Errorf("step %d: outcome %s, want %s", s.Step, got, wantOutcome)
-		}
-		if after.Done() != before.Done()+1 {
-			t.Errorf("step %d: %d final outcomes for one message", s.Step, after.Done()-before.Done())
-		}
+		after := outcome.Await(t, rmqWait, s.Step, r.c.Stats, before, exp.Outcome)
 		// The message and its requeue copies, and nothing else: a message
 		// of an earlier unbound step would have come first.
-		r.received++
-		for _, p := range wantPublished {
-			if strings.HasPrefix(p.RoutingKey, "cqrs."+rmqFixtureQueue+".") {
-				r.received++
-			}
-		}
+		r.received += s.Deliveries()
 		if after.Received != r.received {
 			t.Errorf("step %d: the consumer has received %d deliveries, want %d (unbound routing keys must not reach %s)",
-				s.Step, after.Received, r.received, rmqFixtureQueue)
+				s.Step, after.Received, r.received, fixtures.Queue)
 		}
-	} else if wantOutcome != "not_delivered_no_matching_binding_on_replica_queue" {
-		t.Fatalf("step %d: unbound step with outcome %s", s.Step, wantOutcome)
+	} else if exp.Outcome != "not_delivered_no_matching_binding_on_replica_queue" {
+		t.Fatalf("step %d: unbound step with outcome %s", s.Step, exp.Outcome)
 	}
 
 	// The sniffer saw our publish, then the replica's copies, in order.
 	seen := r.sniffer.Wait(t, from+1+len(wantPublished), from, rmqWait)
-	compareWire(t, fmt.Sprintf("step %d: sniffed publish", s.Step), seen[0], rmqWireMessage{
+	compareWire(t, fmt.Sprintf("step %d: sniffed publish", s.Step), seen[0], fixtures.Message{
 		RoutingKey: s.Publish.RoutingKey, Properties: djangoProps(nil), Body: s.Publish.Body,
 	})
 	for i, w := range wantPublished {
@@ -296,12 +146,10 @@ func (r *rmqReplica) runStep(t *testing.T, s rmqStep, wantOutcome string, wantRo
 			seen[1+len(wantPublished)].RoutingKey, seen[1+len(wantPublished)].Body)
 	}
 
-	for _, q := range []string{rmqFixtureQueue, rmqFixtureDLQ} {
-		if got := r.inspect(q); got != wantQueues[q] {
-			t.Errorf("step %d: queue %s: %+v, want %+v", s.Step, q, got, wantQueues[q])
+	for _, q := range []string{fixtures.Queue, fixtures.DeadLetterQueue} {
+		if got := r.inspect(q); got != exp.Queues[q] {
+			t.Errorf("step %d: queue %s: %+v, want %+v", s.Step, q, got, exp.Queues[q])
 		}
 	}
-	if g, w := showRows(r.schema, readFixtureRows(t, r.db, r.schema)), showRows(r.schema, wantRows); g != w {
-		t.Errorf("step %d: rows\n got %s\nwant %s", s.Step, g, w)
-	}
+	fixtures.CompareRows(t, fmt.Sprintf("step %d", s.Step), r.db, r.schema, exp.Rows, exp.Why)
 }

@@ -6,34 +6,19 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 	"github.com/gocqrs/gocqrs/pkg/outbox"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
-
-// authorDDL is the fixture's Author model per dialect (the master table is
-// "author", the replica table "author_ref").
-var authorDDL = map[dialect.Name]string{
-	dialect.Postgres: `(id INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL, birth_date DATE NULL,
-	  rating NUMERIC(6,2) NULL, active BOOLEAN NOT NULL DEFAULT TRUE, external_uuid UUID NULL, payload JSONB NULL,
-	  created_at TIMESTAMPTZ NULL, cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated TIMESTAMPTZ NULL)`,
-	dialect.MySQL: `(id INT PRIMARY KEY, name VARCHAR(200) NOT NULL, birth_date DATE NULL,
-	  rating DECIMAL(6,2) NULL, active TINYINT(1) NOT NULL DEFAULT 1, external_uuid UUID NULL, payload JSON NULL,
-	  created_at DATETIME(6) NULL, cqrs_revision INT NOT NULL DEFAULT 0, cqrs_updated DATETIME(6) NULL)`,
-	dialect.SQLite: `(id INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL, birth_date DATE NULL,
-	  rating DECIMAL(6,2) NULL, active BOOL NOT NULL DEFAULT 1, external_uuid UUID NULL, payload JSON NULL,
-	  created_at DATETIME NULL, cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`,
-}
 
 // side is one service's database with a config file for the cqrs tool.
 type side struct {
@@ -51,7 +36,7 @@ func dbConfig(db *testenv.DB) string {
 // and runs cqrs migrate.
 func newSide(t *testing.T, db *testenv.DB, table, extra string) *side {
 	t.Helper()
-	if _, err := db.ExecContext(context.Background(), "CREATE TABLE "+table+" "+authorDDL[db.Dialect.Name()]); err != nil {
+	if _, err := db.ExecContext(context.Background(), "CREATE TABLE "+table+" "+fixtures.AuthorColumns[db.Dialect.Name()]); err != nil {
 		t.Fatalf("create %s on %s: %v", table, db.Dialect, err)
 	}
 	s := &side{t: t, db: db, cfg: writeConfig(t, dbConfig(db)+extra)}
@@ -136,15 +121,12 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // fixture reads a file of the wire fixtures' dumps directory.
 func fixture(t *testing.T, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.FixturesDir(t), "dumps", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return fixtures.ReadFile(t, filepath.Join("dumps", name))
 }
 
+// fixturePath is the path of a file of the wire fixtures' dumps directory.
 func fixturePath(t *testing.T, name string) string {
-	return filepath.Join(testenv.FixturesDir(t), "dumps", name)
+	return fixtures.Path(t, "dumps", name)
 }
 
 // loadMasterFixture fills the master table with the rows of the fixture's

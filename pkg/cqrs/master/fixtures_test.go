@@ -3,52 +3,18 @@ package master_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
-	"path/filepath"
-	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 	"github.com/gocqrs/gocqrs/pkg/outbox"
 )
-
-// The schema of the Django master the fixtures were recorded from
-// (wire-fixtures README §1), on SQLite like the original.
-var fixtureMasterSchema = []string{
-	`CREATE TABLE author (id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(200) NOT NULL, birth_date DATE NULL,
-	  rating DECIMAL(6,2) NULL, active BOOL NOT NULL DEFAULT 1, external_uuid UUID NULL, payload JSON NULL,
-	  created_at DATETIME NULL, cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`,
-	`CREATE TABLE book (id INTEGER PRIMARY KEY AUTOINCREMENT, title VARCHAR(200) NOT NULL, author_id INTEGER NOT NULL REFERENCES author(id),
-	  cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`,
-	`CREATE TABLE tag (id UUID PRIMARY KEY, name VARCHAR(100) NOT NULL, cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`,
-	`CREATE TABLE label (code VARCHAR(50) PRIMARY KEY, name VARCHAR(100) NOT NULL, cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`,
-}
-
-func fixtureRegistry(t *testing.T) *registry.Registry {
-	t.Helper()
-	reg := registry.New()
-	must(t, reg.RegisterMaster(registry.MasterModel{CQRSID: "author", Table: "author", TrackedFields: []string{"name", "rating"}}))
-	must(t, reg.RegisterMaster(registry.MasterModel{
-		CQRSID: "book", Table: "book",
-		Fields: []registry.Field{{Name: "id"}, {Name: "title"}, {Name: "author", Column: "author_id"}},
-		DeleteData: func(_ context.Context, _ *sqlx.Tx, row *wire.Fields) (any, error) {
-			title, _ := row.Get("title")
-			return wire.FieldsOf("title", title), nil
-		},
-	}))
-	must(t, reg.RegisterMaster(registry.MasterModel{CQRSID: "tag", Table: "tag"}))
-	must(t, reg.RegisterMaster(registry.MasterModel{CQRSID: "label", Table: "label", PK: "code"}))
-	return reg
-}
 
 func must(t *testing.T, err error) {
 	t.Helper()
@@ -57,97 +23,12 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// fixtureCorrelation is the capture's correlation function:
-// 'corr:{signal_type}:{cqrs_id}:{instance_pk}:{queue}' with Python's None.
-func fixtureCorrelation(_ context.Context, ev registry.Event) any {
-	pk, q := "None", "None"
-	if ev.PK != nil {
-		pk = fmt.Sprint(ev.PK)
-	}
-	if ev.Queue != "" {
-		q = ev.Queue
-	}
-	return fmt.Sprintf("corr:%s:%s:%s:%s", ev.Signal, ev.CQRSID, pk, q)
-}
-
-func fixtureMeta(context.Context, registry.Event, *wire.Fields) any {
-	return wire.FieldsOf("source", "master")
-}
-
 type sent struct{ topic, body string }
 
-type fixtureMessage struct {
-	Scenario    string `json:"scenario"`
-	RoutingKey  string `json:"routing_key"`
-	PublishedBy string `json:"published_by"`
-	Body        string `json:"body"`
-	Properties  struct {
-		Expiration *string `json:"expiration"`
-	} `json:"properties"`
-}
-
-var (
-	pyUpdatedRe = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00$`)
-	expiresRe   = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$`)
-)
-
-// canonical checks the volatile values' formats, then replaces them (and
-// sorts previous_data, whose key order django-cqrs does not keep stable) so
-// two bodies can be compared byte for byte.
+// canonical is fixtures.CanonicalBody of a body, errors without a prefix.
 func canonical(t *testing.T, body string) string {
 	t.Helper()
-	p, err := wire.Decode([]byte(body))
-	if err != nil {
-		t.Fatalf("decode %s: %v", body, err)
-	}
-	if v, ok := p.InstanceData.Get(wire.UpdatedKey); ok {
-		s, _ := v.(string)
-		if !pyUpdatedRe.MatchString(s) {
-			t.Errorf("cqrs_updated %q is not Python str(datetime) in UTC", s)
-		}
-		p.InstanceData.Set(wire.UpdatedKey, "<updated>")
-	}
-	if p.Expires != nil {
-		if s := wire.FormatExpires(*p.Expires); !expiresRe.MatchString(s) {
-			t.Errorf("expires %q is not ISO-8601 without fractions", s)
-		}
-		fixed := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-		p.Expires = &fixed
-	}
-	if p.PreviousData != nil {
-		keys := append([]string(nil), p.PreviousData.Keys()...)
-		sort.Strings(keys)
-		sorted := wire.NewFields()
-		for _, k := range keys {
-			v, _ := p.PreviousData.Get(k)
-			sorted.Set(k, v)
-		}
-		p.PreviousData = sorted
-	}
-	out, err := wire.Encode(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out)
-}
-
-func loadFixtureMessages(t *testing.T) map[string][]fixtureMessage {
-	dir := filepath.Join(testenv.FixturesDir(t), "messages")
-	files, err := filepath.Glob(filepath.Join(dir, "[0-9]*.json"))
-	must(t, err)
-	out := map[string][]fixtureMessage{}
-	sort.Strings(files)
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		must(t, err)
-		var m fixtureMessage
-		must(t, json.Unmarshal(b, &m))
-		if m.PublishedBy != "master" {
-			continue
-		}
-		out[m.Scenario] = append(out[m.Scenario], m)
-	}
-	return out
+	return fixtures.CanonicalBody(t, "", []byte(body))
 }
 
 // TestFixtureScenarios replays the master operations of every scenario in
@@ -155,20 +36,20 @@ func loadFixtureMessages(t *testing.T) map[string][]fixtureMessage {
 // and compares what lands in the outbox with what django-cqrs put on the
 // wire: same keys, key order, value formats and routing keys.
 func TestFixtureScenarios(t *testing.T) {
-	fixtures := loadFixtureMessages(t)
+	recorded := fixtures.LoadMasterMessages(t)
 	db := testenv.SQLite(t)
 	ctx := context.Background()
-	for _, s := range fixtureMasterSchema {
+	for _, s := range fixtures.MasterDDL {
 		_, err := db.ExecContext(ctx, s)
 		must(t, err)
 	}
 	must(t, outbox.Migrate(ctx, db.DB, db.Dialect))
-	reg := fixtureRegistry(t)
-	hooks, err := master.New(ctx, db.DB, reg, master.WithCorrelation(fixtureCorrelation), master.WithMeta(fixtureMeta))
+	reg := fixtures.MasterRegistry(t)
+	hooks, err := master.New(ctx, db.DB, reg, master.WithCorrelation(fixtures.Correlation), master.WithMeta(fixtures.Meta))
 	must(t, err)
 	plain, err := master.New(ctx, db.DB, reg)
 	must(t, err)
-	nottl, err := master.New(ctx, db.DB, reg, master.WithCorrelation(fixtureCorrelation), master.WithMeta(fixtureMeta), master.WithMessageTTL(0))
+	nottl, err := master.New(ctx, db.DB, reg, master.WithCorrelation(fixtures.Correlation), master.WithMeta(fixtures.Meta), master.WithMessageTTL(0))
 	must(t, err)
 
 	inTx := func(fn func(tx *sqlx.Tx) error) []sent {
@@ -194,7 +75,7 @@ func TestFixtureScenarios(t *testing.T) {
 	}
 	escapingName := func() string {
 		var p wire.Payload
-		must(t, json.Unmarshal([]byte(fixtures["06_author_create_escaping"][0].Body), &p))
+		must(t, json.Unmarshal([]byte(recorded["06_author_create_escaping"][0].Body), &p))
 		v, _ := p.InstanceData.Get("name")
 		return v.(string)
 	}()
@@ -355,7 +236,7 @@ func TestFixtureScenarios(t *testing.T) {
 	// get 106/107 as on the master the fixtures were recorded from.
 	for _, sc := range scenarios {
 		got := inTx(sc.op)
-		want := fixtures[sc.name]
+		want := recorded[sc.name]
 		if sc.name == "26_tag_uuid_pk_delete_fails" {
 			if len(want) != 0 || len(got) != 1 || !strings.Contains(got[0].body, `"signal_type":"DELETE"`) {
 				t.Errorf("%s: want django-cqrs's no message and one gocqrs DELETE, got fixture %d, ours %v", sc.name, len(want), got)

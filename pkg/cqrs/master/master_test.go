@@ -9,6 +9,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
@@ -25,7 +26,7 @@ var authorDDL = map[dialect.Name]string{
 	dialect.MySQL: `CREATE TABLE author (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(200) NOT NULL, birth_date DATE NULL,
 	  rating DECIMAL(6,2) NULL, active TINYINT(1) NOT NULL DEFAULT 1, external_uuid UUID NULL, payload JSON NULL,
 	  created_at DATETIME(6) NULL, cqrs_revision INT NOT NULL DEFAULT 0, cqrs_updated DATETIME(6) NULL)`,
-	dialect.SQLite: fixtureMasterSchema[0],
+	dialect.SQLite: fixtures.MasterDDL[0],
 }
 
 func setupAuthor(t *testing.T, db *testenv.DB, opts ...master.Option) *master.Master {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
@@ -157,10 +158,7 @@ func TestBatchHooksAndRaw(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := reg.RegisterReplica(registry.ReplicaModel{
-			CQRSID: "book", Table: "book_ref", PK: "id",
-			Mapping: []registry.Mapping{{From: "id", To: "id"}, {From: "title", To: "name"}, {From: "author", To: "author_id"}},
-		}); err != nil {
+		if err := reg.RegisterReplica(fixtures.BookRefModel()); err != nil {
 			t.Fatal(err)
 		}
 		var rawSeen []string

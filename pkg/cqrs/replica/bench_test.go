@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
@@ -69,7 +70,7 @@ func (r benchRow) payload() *wire.Payload {
 func benchDB(b *testing.B) *testenv.DB {
 	b.Helper()
 	db := testenv.Postgres(b)
-	for _, s := range fixtureDDL[dialect.Postgres] {
+	for _, s := range fixtures.ReplicaDDL[dialect.Postgres] {
 		if _, err := db.ExecContext(context.Background(), s); err != nil {
 			b.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
@@ -15,18 +16,18 @@ import (
 
 // caseDeliveries returns the messages of a case that reach the engine, in
 // publish order (the consumer's rules of deliver).
-func caseDeliveries(t *testing.T, c fixtureCase) []replica.Delivery {
+func caseDeliveries(t *testing.T, c fixtures.Case) []replica.Delivery {
 	t.Helper()
 	var out []replica.Delivery
 	for _, s := range c.Steps {
-		if !s.Binding {
+		if !s.Bound {
 			continue
 		}
 		p, err := wire.Decode([]byte(s.Publish.Body))
 		if err != nil || (p.Expires != nil && p.Expires.Before(time.Now())) {
 			continue
 		}
-		out = append(out, replica.Delivery{Payload: p, Direct: s.Publish.RoutingKey == "cqrs."+fixtureQueue+"."+p.CQRSID})
+		out = append(out, replica.Delivery{Payload: p, Direct: s.Publish.RoutingKey == "cqrs."+fixtures.Queue+"."+p.CQRSID})
 	}
 	return out
 }
@@ -46,7 +47,7 @@ func runSchedule(ctx context.Context, dls []replica.Delivery, apply func([]repli
 		var next []replica.Delivery
 		for i, dl := range dls {
 			log = append(log, fmt.Sprintf("round %d: %s %+v %v", round, dl.Payload.SignalType, res[i], errs[i]))
-			if errs[i] == nil || errors.Is(errs[i], replica.ErrUnknownModel) || dl.Payload.Retries >= maxRetries {
+			if errs[i] == nil || errors.Is(errs[i], replica.ErrUnknownModel) || dl.Payload.Retries >= fixtures.MaxRetries {
 				continue
 			}
 			cp := *dl.Payload
@@ -65,38 +66,28 @@ func runSchedule(ctx context.Context, dls []replica.Delivery, apply func([]repli
 // outcomes, the final rows and the tombstones must be the same. Where no
 // message had to be retried, the final rows must also be the fixture's.
 func TestConformanceCasesInOneBatch(t *testing.T) {
-	cases, schema := loadFixtures(t)
-	byName := map[string]fixtureCase{}
-	for _, c := range cases {
-		byName[c.Case] = c
-	}
+	cases, schema := fixtures.LoadReplicaCases(t), fixtures.LoadSchema(t)
+	byName := fixtures.ByName(cases)
 	for _, name := range testenv.Dialects {
 		t.Run(string(name), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			one, batched := testenv.Open(t, name), testenv.Open(t, name)
 			for _, db := range []*testenv.DB{one, batched} {
-				createFixtureTables(t, db)
-				if err := replica.Migrate(ctx, db.DB, db.Dialect, replica.Options{}); err != nil {
-					t.Fatal(err)
-				}
+				fixtures.SetUpReplica(t, db)
 			}
 			for _, mode := range []string{"tombstones", "django_compat"} {
 				for _, c := range cases {
 					t.Run(mode+"/"+c.Case, func(t *testing.T) {
 						engines := map[*testenv.DB]*replica.Engine{}
 						for _, db := range []*testenv.DB{one, batched} {
-							for _, table := range []string{"author_ref", "book_ref", replica.DefaultTombstoneTable} {
-								if _, err := db.ExecContext(ctx, "DELETE FROM "+table); err != nil {
-									t.Fatal(err)
-								}
-							}
-							reg := plainFixtureRegistry(t)
+							fixtures.ClearReplicaTables(t, db)
+							reg := fixtures.PlainReplicaRegistry(t)
 							if usesFailHook(c) {
-								reg = fixtureRegistry(t) // a fresh fail-once memory per engine
+								reg = fixtures.ReplicaRegistry(t) // a fresh fail-once memory per engine
 							}
 							eng, err := replica.NewEngine(ctx, db.DB, db.Dialect, reg,
-								replica.Options{Queue: fixtureQueue, DjangoCompat: mode == "django_compat"})
+								replica.Options{Queue: fixtures.Queue, DjangoCompat: mode == "django_compat"})
 							if err != nil {
 								t.Fatal(err)
 							}
@@ -126,13 +117,13 @@ func TestConformanceCasesInOneBatch(t *testing.T) {
 						}
 						last := c.Steps[len(c.Steps)-1]
 						exp := ourBehaviour(mode, c, last, byName)
-						for _, table := range []string{"author_ref", "book_ref"} {
-							w, g := readRows(t, one, schema[table], table), readRows(t, batched, schema[table], table)
-							if !reflect.DeepEqual(showRows(g), showRows(w)) {
-								t.Errorf("%s: batched %s, one at a time %s", table, showRows(g), showRows(w))
+						for _, table := range fixtures.ReplicaTables {
+							w, g := fixtures.ReadTable(t, one, schema[table], table), fixtures.ReadTable(t, batched, schema[table], table)
+							if !reflect.DeepEqual(fixtures.ShowTable(g), fixtures.ShowTable(w)) {
+								t.Errorf("%s: batched %s, one at a time %s", table, fixtures.ShowTable(g), fixtures.ShowTable(w))
 							}
 							if !retried {
-								compareRows(t, batched, schema[table], table, last.Step, exp.rows[table], exp.why)
+								fixtures.CompareTable(t, fmt.Sprintf("step %d", last.Step), batched, schema[table], table, exp.Rows[table], exp.Why)
 							}
 						}
 						if w, g := dump(t, one, tombDump), dump(t, batched, tombDump); !reflect.DeepEqual(w, g) {

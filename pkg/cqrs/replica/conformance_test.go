@@ -2,19 +2,13 @@ package replica_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jmoiron/sqlx"
-
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
@@ -42,102 +36,22 @@ import (
 //     arrives with retries 5 is dead-lettered at its first failure (case 36);
 //   - ErrUnknownModel is nacked and dropped (case 20).
 //
-// Row comparison: on PostgreSQL every column is read as col::text with the
-// session TimeZone UTC, exactly as the fixtures were recorded, and compared
-// byte for byte. On MariaDB and SQLite both the fixture text and the
-// database value are normalized per PostgreSQL column type: integers as
-// decimal text; timestamptz as UTC "2006-01-02 15:04:05.999999"; date as
-// "YYYY-MM-DD"; numeric(6,2) as the number with 2 decimals; boolean as
-// true/false (TINYINT and SQLite integers 1/0); uuid lowercase; jsonb parsed
-// and re-encoded with sorted keys; varchar as is.
+// Row comparison (fixtures.CompareRows): on PostgreSQL every column is read
+// as col::text with the session TimeZone UTC, exactly as the fixtures were
+// recorded, and compared byte for byte. On MariaDB and SQLite both the
+// fixture text and the database value are normalized per PostgreSQL column
+// type (fixtures.Normalize).
 //
 // Where gocqrs deliberately differs from django-cqrs, the expected values
 // come from ourBehaviour below, with the reason.
 
-const fixtureQueue = "fixture_replica"
-
-type fixtureCase struct {
-	Case  string        `json:"case"`
-	Steps []fixtureStep `json:"steps"`
-}
-
-type fixtureStep struct {
-	Step    int `json:"step"`
-	Publish struct {
-		RoutingKey string `json:"routing_key"`
-		Body       string `json:"body"`
-	} `json:"publish"`
-	Binding   bool                            `json:"replica_queue_has_matching_binding"`
-	Outcome   string                          `json:"outcome"`
-	ReplicaLg []string                        `json:"replica_log"`
-	RowsAfter map[string][]map[string]*string `json:"rows_after"`
-}
-
-type schemaColumn struct {
-	Column   string `json:"column"`
-	DataType string `json:"data_type"`
-	Scale    *int   `json:"numeric_scale"`
-}
-
-func loadFixtures(t *testing.T) (cases []fixtureCase, schema map[string][]schemaColumn) {
-	t.Helper()
-	dir := testenv.FixturesDir(t)
-	files, err := filepath.Glob(filepath.Join(dir, "replica_cases", "[0-9]*.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no replica cases in %s: %v", dir, err)
-	}
-	sort.Strings(files)
-	for _, f := range files {
-		var c fixtureCase
-		readJSON(t, f, &c)
-		cases = append(cases, c)
-	}
-	readJSON(t, filepath.Join(dir, "replica_schema.json"), &schema)
-	return cases, schema
-}
-
-func readJSON(t *testing.T, path string, v any) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-}
-
-// expectation is what a step must produce.
-type expectation struct {
-	outcome string
-	rows    map[string][]map[string]*string
-	why     string // set when gocqrs deliberately differs from the fixture
-}
-
 // ourBehaviour returns the expectation for a step: the fixture's, except
-// where gocqrs deliberately differs.
-func ourBehaviour(mode string, c fixtureCase, s fixtureStep, byName map[string]fixtureCase) expectation {
-	exp := expectation{outcome: s.Outcome, rows: s.RowsAfter}
-	switch {
-	case c.Case == "12_delete_then_late_save_recreates" && s.Step == 4 && mode == "tombstones":
-		// The DELETE rev 2 left a tombstone; the late SAVE rev 1 (older
-		// revision, older cqrs_updated) must not resurrect the row.
-		// With DjangoCompat the fixture's recreation is expected instead.
-		exp.outcome = "acked_skipped_tombstone"
-		exp.rows = map[string][]map[string]*string{"author_ref": {}, "book_ref": {}}
-		exp.why = "tombstone: a late SAVE does not recreate a deleted row"
-	case c.Case == "37_missing_expires_kills_worker":
-		// A body without "expires" never expires (wire.Decode); django-cqrs's
-		// replica-only worker crashes on it. We apply it like case 01's
-		// identical message.
-		exp.outcome = "acked_applied"
-		exp.rows = byName["01_save_create_rev0"].Steps[0].RowsAfter
-		exp.why = "missing expires: applied (django-cqrs's worker crashes)"
-	}
-	return exp
+// where gocqrs deliberately differs (fixtures.Deviations: tombstones skip a
+// late SAVE; a body without expires is applied, where django-cqrs's
+// replica-only worker crashes).
+func ourBehaviour(mode string, c fixtures.Case, s fixtures.Step, byName map[string]fixtures.Case) fixtures.Expectation {
+	return fixtures.Expect(fixtures.Deviations(mode == "django_compat", byName), c, s)
 }
-
-const maxRetries = 2 // the fixture replica's CQRS_MAX_RETRIES
 
 // applyFunc applies one delivery: Engine.Apply, or Engine.ApplyBatch with
 // a batch of one.
@@ -156,8 +70,8 @@ func batchOfOne(eng *replica.Engine) applyFunc {
 
 // deliver runs one published message the way the consumer would and
 // returns the fixture's outcome name, and the last engine error.
-func deliver(ctx context.Context, apply applyFunc, s fixtureStep) (string, error) {
-	if !s.Binding {
+func deliver(ctx context.Context, apply applyFunc, s fixtures.Step) (string, error) {
+	if !s.Bound {
 		return "not_delivered_no_matching_binding_on_replica_queue", nil
 	}
 	p, err := wire.Decode([]byte(s.Publish.Body))
@@ -171,12 +85,12 @@ func deliver(ctx context.Context, apply applyFunc, s fixtureStep) (string, error
 	if p.Expires != nil && p.Expires.Before(time.Now()) {
 		return "dead_lettered", nil // consumer rule: expired messages never reach the engine
 	}
-	direct := s.Publish.RoutingKey == "cqrs."+fixtureQueue+"."+p.CQRSID
+	direct := s.Publish.RoutingKey == "cqrs."+fixtures.Queue+"."+p.CQRSID
 	requeues := 0
 	for {
 		res, err := apply(ctx, replica.Delivery{Payload: p, Direct: direct})
 		if err == nil {
-			o := outcomeName(res.Outcome)
+			o := fixtures.OutcomeName(res.Outcome)
 			if requeues > 0 {
 				o = fmt.Sprintf("%s_after_%d_requeues", o, requeues)
 			}
@@ -185,7 +99,7 @@ func deliver(ctx context.Context, apply applyFunc, s fixtureStep) (string, error
 		if errors.Is(err, replica.ErrUnknownModel) {
 			return "nacked_dropped_no_replica_model", err
 		}
-		if p.Retries >= maxRetries {
+		if p.Retries >= fixtures.MaxRetries {
 			if requeues > 0 {
 				return fmt.Sprintf("dead_lettered_after_%d_requeues", requeues), err
 			}
@@ -199,18 +113,6 @@ func deliver(ctx context.Context, apply applyFunc, s fixtureStep) (string, error
 		direct = true
 		requeues++
 	}
-}
-
-func outcomeName(o replica.Outcome) string {
-	switch o {
-	case replica.OutcomeCreated, replica.OutcomeUpdated, replica.OutcomeDeleted, replica.OutcomeDeleteMissing, replica.OutcomeRaw:
-		return "acked_applied"
-	case replica.OutcomeSkippedStale:
-		return "acked_skipped_stale_revision"
-	case replica.OutcomeSkippedDuplicate:
-		return "acked_skipped_duplicate_revision"
-	}
-	return "acked_" + string(o)
 }
 
 // djangoErrorPhrases are the django-cqrs log phrases our errors must repeat.
@@ -253,7 +155,7 @@ func contains(list []string, s string) bool {
 
 // usesFailHook reports whether a case relies on the fixture's create hook
 // (the fail-once / fail-always authors).
-func usesFailHook(c fixtureCase) bool {
+func usesFailHook(c fixtures.Case) bool {
 	for _, s := range c.Steps {
 		if strings.Contains(s.Publish.Body, `"fail-`) {
 			return true
@@ -267,29 +169,23 @@ func usesFailHook(c fixtureCase) bool {
 // mode the cases that do not need the fixture's create hook use an author
 // model without hooks, so that they go through the multi-row path.
 func TestConformanceReplicaCases(t *testing.T) {
-	cases, schema := loadFixtures(t)
-	byName := map[string]fixtureCase{}
-	for _, c := range cases {
-		byName[c.Case] = c
-	}
+	cases, schema := fixtures.LoadReplicaCases(t), fixtures.LoadSchema(t)
+	byName := fixtures.ByName(cases)
 	for _, name := range testenv.Dialects {
 		t.Run(string(name), func(t *testing.T) {
 			t.Parallel()
 			db := testenv.Open(t, name)
-			createFixtureTables(t, db)
+			fixtures.SetUpReplica(t, db)
 			ctx := context.Background()
-			if err := replica.Migrate(ctx, db.DB, db.Dialect, replica.Options{}); err != nil {
-				t.Fatal(err)
-			}
 			for _, applyMode := range []string{"one", "batch"} {
 				for _, mode := range []string{"tombstones", "django_compat"} {
 					t.Run(applyMode+"/"+mode, func(t *testing.T) {
-						opts := replica.Options{Queue: fixtureQueue, DjangoCompat: mode == "django_compat"}
-						eng, err := replica.NewEngine(ctx, db.DB, db.Dialect, fixtureRegistry(t), opts)
+						opts := replica.Options{Queue: fixtures.Queue, DjangoCompat: mode == "django_compat"}
+						eng, err := replica.NewEngine(ctx, db.DB, db.Dialect, fixtures.ReplicaRegistry(t), opts)
 						if err != nil {
 							t.Fatal(err)
 						}
-						plain, err := replica.NewEngine(ctx, db.DB, db.Dialect, plainFixtureRegistry(t), opts)
+						plain, err := replica.NewEngine(ctx, db.DB, db.Dialect, fixtures.PlainReplicaRegistry(t), opts)
 						if err != nil {
 							t.Fatal(err)
 						}
@@ -302,27 +198,21 @@ func TestConformanceReplicaCases(t *testing.T) {
 										apply = batchOfOne(plain)
 									}
 								}
-								for _, table := range []string{"author_ref", "book_ref", replica.DefaultTombstoneTable} {
-									if _, err := db.ExecContext(ctx, "DELETE FROM "+table); err != nil {
-										t.Fatal(err)
-									}
-								}
+								fixtures.ClearReplicaTables(t, db)
 								for _, s := range c.Steps {
 									exp := ourBehaviour(mode, c, s, byName)
 									got, err := deliver(ctx, apply, s)
-									if got != exp.outcome {
-										t.Errorf("step %d: outcome %s, want %s %s (last error: %v)", s.Step, got, exp.outcome, exp.why, err)
+									if got != exp.Outcome {
+										t.Errorf("step %d: outcome %s, want %s %s (last error: %v)", s.Step, got, exp.Outcome, exp.Why, err)
 									}
 									if strings.HasPrefix(got, "dead_lettered") && err != nil {
-										for _, p := range wantErrorPhrases(name, s.ReplicaLg) {
+										for _, p := range wantErrorPhrases(name, s.ReplicaLog) {
 											if !strings.Contains(err.Error(), p) {
 												t.Errorf("step %d: error %q does not say %q as django-cqrs does", s.Step, err, p)
 											}
 										}
 									}
-									for _, table := range []string{"author_ref", "book_ref"} {
-										compareRows(t, db, schema[table], table, s.Step, exp.rows[table], exp.why)
-									}
+									fixtures.CompareRows(t, fmt.Sprintf("step %d", s.Step), db, schema, exp.Rows, exp.Why)
 								}
 							})
 						}
@@ -331,201 +221,4 @@ func TestConformanceReplicaCases(t *testing.T) {
 			}
 		})
 	}
-}
-
-// compareRows checks a replica table against the fixture's rows_after.
-func compareRows(t *testing.T, db *testenv.DB, cols []schemaColumn, table string, step int, want []map[string]*string, why string) {
-	t.Helper()
-	got := readRows(t, db, cols, table)
-	if len(got) != len(want) {
-		t.Errorf("step %d: %s has %d rows, want %d %s: got %s", step, table, len(got), len(want), why, showRows(got))
-		return
-	}
-	for i := range want {
-		for _, c := range cols {
-			w := want[i][c.Column]
-			if db.Dialect.Name() != dialect.Postgres && w != nil {
-				n := normalize(t, c, *w)
-				w = &n
-			}
-			g := got[i][c.Column]
-			if (g == nil) != (w == nil) || (g != nil && *g != *w) {
-				t.Errorf("step %d: %s row %d column %s = %s, want %s %s", step, table, i, c.Column, show(g), show(w), why)
-			}
-		}
-	}
-}
-
-func showRows(rows []map[string]*string) string {
-	var parts []string
-	for _, r := range rows {
-		var cols []string
-		for k, v := range r {
-			cols = append(cols, k+"="+show(v))
-		}
-		sort.Strings(cols)
-		parts = append(parts, "{"+strings.Join(cols, " ")+"}")
-	}
-	return "[" + strings.Join(parts, " ") + "]"
-}
-
-func show(s *string) string {
-	if s == nil {
-		return "NULL"
-	}
-	return strconv.Quote(*s)
-}
-
-// readRows reads the table ordered by id: PostgreSQL as col::text in UTC,
-// the others normalized.
-func readRows(t *testing.T, db *testenv.DB, cols []schemaColumn, table string) []map[string]*string {
-	t.Helper()
-	ctx := context.Background()
-	var q sqlx.QueryerContext = db.DB
-	var sel []string
-	for _, c := range cols {
-		qc, err := db.Dialect.Quote(c.Column)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if db.Dialect.Name() == dialect.Postgres {
-			qc += "::text"
-		}
-		sel = append(sel, qc)
-	}
-	if db.Dialect.Name() == dialect.Postgres {
-		conn, err := db.Connx(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if _, err := conn.ExecContext(ctx, "SET TIME ZONE 'UTC'"); err != nil {
-			t.Fatal(err)
-		}
-		q = conn
-	}
-	rows, err := q.QueryxContext(ctx, "SELECT "+strings.Join(sel, ", ")+" FROM "+table+" ORDER BY id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []map[string]*string
-	for rows.Next() {
-		vals, err := rows.SliceScan()
-		if err != nil {
-			t.Fatal(err)
-		}
-		row := map[string]*string{}
-		for i, c := range cols {
-			if vals[i] == nil {
-				row[c.Column] = nil
-				continue
-			}
-			var s string
-			if db.Dialect.Name() == dialect.Postgres {
-				s = fmt.Sprint(text(vals[i]))
-			} else {
-				s = normalize(t, c, vals[i])
-			}
-			row[c.Column] = &s
-		}
-		out = append(out, row)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func text(v any) any {
-	if b, ok := v.([]byte); ok {
-		return string(b)
-	}
-	return v
-}
-
-// normalize turns a fixture text value or a MariaDB/SQLite value into a
-// comparable string for a PostgreSQL column type.
-func normalize(t *testing.T, c schemaColumn, v any) string {
-	t.Helper()
-	v = text(v)
-	fail := func() string {
-		t.Errorf("column %s (%s): cannot normalize %T %v", c.Column, c.DataType, v, v)
-		return fmt.Sprint(v)
-	}
-	switch c.DataType {
-	case "integer":
-		switch x := v.(type) {
-		case int64:
-			return strconv.FormatInt(x, 10)
-		case string:
-			return x
-		}
-	case "timestamp with time zone":
-		switch x := v.(type) {
-		case time.Time:
-			return x.UTC().Format("2006-01-02 15:04:05.999999")
-		case string:
-			tm, _, err := wire.ParseDateTime(x)
-			if err == nil {
-				return tm.UTC().Format("2006-01-02 15:04:05.999999")
-			}
-		}
-	case "date":
-		switch x := v.(type) {
-		case time.Time:
-			return x.Format(time.DateOnly)
-		case string:
-			if len(x) >= 10 {
-				return x[:10]
-			}
-		}
-	case "numeric":
-		scale := 0
-		if c.Scale != nil {
-			scale = *c.Scale
-		}
-		switch x := v.(type) {
-		case float64:
-			return strconv.FormatFloat(x, 'f', scale, 64)
-		case int64:
-			return strconv.FormatFloat(float64(x), 'f', scale, 64)
-		case string:
-			f, err := strconv.ParseFloat(x, 64)
-			if err == nil {
-				return strconv.FormatFloat(f, 'f', scale, 64)
-			}
-		}
-	case "boolean":
-		switch x := v.(type) {
-		case bool:
-			return strconv.FormatBool(x)
-		case int64:
-			return strconv.FormatBool(x != 0)
-		case string:
-			switch x {
-			case "true", "1":
-				return "true"
-			case "false", "0":
-				return "false"
-			}
-		}
-	case "uuid":
-		if s, ok := v.(string); ok {
-			return strings.ToLower(s)
-		}
-	case "jsonb":
-		if s, ok := v.(string); ok {
-			var x any
-			if err := json.Unmarshal([]byte(s), &x); err == nil {
-				b, _ := json.Marshal(x)
-				return string(b)
-			}
-		}
-	default:
-		if s, ok := v.(string); ok {
-			return s
-		}
-	}
-	return fail()
 }

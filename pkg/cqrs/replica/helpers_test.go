@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
@@ -66,18 +67,14 @@ func authorEngine(t *testing.T, db *testenv.DB, opts replica.Options, tweak func
 	t.Helper()
 	ctx := context.Background()
 	reg := registry.New()
-	m := registry.ReplicaModel{CQRSID: "author", Table: "author_ref", PK: "id"}
+	m := fixtures.AuthorRefModel()
 	if tweak != nil {
 		tweak(&m)
 	}
-	if err := reg.RegisterReplica(m); err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.RegisterReplica(registry.ReplicaModel{
-		CQRSID: "book", Table: "book_ref", PK: "id",
-		Mapping: []registry.Mapping{{From: "id", To: "id"}, {From: "title", To: "name"}, {From: "author", To: "author_id"}},
-	}); err != nil {
-		t.Fatal(err)
+	for _, m := range []registry.ReplicaModel{m, fixtures.BookRefModel()} {
+		if err := reg.RegisterReplica(m); err != nil {
+			t.Fatal(err)
+		}
 	}
 	eng, err := replica.NewEngine(ctx, db.DB, db.Dialect, reg, opts)
 	if err != nil {
@@ -90,10 +87,7 @@ func authorEngine(t *testing.T, db *testenv.DB, opts replica.Options, tweak func
 // tombstone table.
 func freshDB(t *testing.T, db *testenv.DB) *testenv.DB {
 	t.Helper()
-	createFixtureTables(t, db)
-	if err := replica.Migrate(context.Background(), db.DB, db.Dialect, replica.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	fixtures.SetUpReplica(t, db)
 	return db
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gocqrs/gocqrs/internal/fixtures"
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/replica"
 )
@@ -83,9 +84,9 @@ func TestTombstoneSkipsLateSaveButNotRecreation(t *testing.T) {
 
 func TestDjangoCompatRecreatesAndNeedsNoTable(t *testing.T) {
 	testenv.EachDB(t, func(t *testing.T, db *testenv.DB) {
-		createFixtureTables(t, db) // no Migrate: DjangoCompat needs no tombstone table
+		fixtures.CreateReplicaTables(t, db) // no Migrate: DjangoCompat needs no tombstone table
 		ctx := context.Background()
-		_, err := replica.NewEngine(ctx, db.DB, db.Dialect, fixtureRegistry(t), replica.Options{})
+		_, err := replica.NewEngine(ctx, db.DB, db.Dialect, fixtures.ReplicaRegistry(t), replica.Options{})
 		if err == nil || !strings.Contains(err.Error(), "cqrs_tombstones") || !strings.Contains(err.Error(), "Migrate") {
 			t.Fatalf("NewEngine without the tombstone table: %v, want an error naming cqrs_tombstones and Migrate", err)
 		}
@@ -115,7 +116,7 @@ func TestMigrateIsIdempotentAndNamesTheTable(t *testing.T) {
 		if n := count(t, db, "SELECT COUNT(*) FROM my_tombs"); n != 0 {
 			t.Errorf("new table has %d rows", n)
 		}
-		createFixtureTables(t, db)
+		fixtures.CreateReplicaTables(t, db)
 		eng := authorEngine(t, db, opts, nil)
 		apply(t, eng, msg(t, "DELETE", "author", del(7, 1, "2026-01-01 10:00:01+00:00")), false)
 		if n := count(t, db, "SELECT COUNT(*) FROM my_tombs WHERE pk = ?", "7"); n != 1 {
