@@ -19,8 +19,9 @@ const KafkaName = "kafka"
 // ErrKafkaClosed is returned (wrapped) by a closed [Kafka].
 var ErrKafkaClosed = errors.New("kafka transport: closed")
 
-// Kafka is the Kafka transport: watermill-kafka's publisher and subscriber
-// over Sarama, with django-cqrs's routing keys as topic names.
+// Kafka is the Kafka transport: a batching publisher of its own and
+// watermill-kafka's subscriber, both over Sarama, with django-cqrs's routing
+// keys as topic names.
 //
 //   - Topics: topic = TopicPrefix + routing key: "<cqrs_id>" for SAVE,
 //     DELETE and broadcast SYNC, "cqrs.<queue>.<cqrs_id>" for direct SYNCs
@@ -30,8 +31,12 @@ var ErrKafkaClosed = errors.New("kafka transport: closed")
 //   - Keys: the record key is the message's entity key ([EntityKey]), and
 //     the partitioner is the Java client's (murmur2), so one entity's
 //     messages share a partition and keep their order.
-//   - Publishing is synchronous: Publish returns once every in-sync replica
-//     has the message (idempotent producer, acks=all), so a relay deletes
+//   - Publishing: the messages of one Publish call are handed to the
+//     producer together and go out batched per partition (idempotent
+//     producer, acks=all, one request in flight per broker, so each
+//     partition keeps the call's order). Publish returns once every message
+//     was acknowledged by every in-sync replica or failed, and reports
+//     failures message by message ([PublishError]), so a relay deletes
 //     outbox rows only after the broker confirmed them.
 //   - Consumer groups: a replica's broadcast and direct topics are read by
 //     the consumer group named after its queue (or KafkaConfig.ConsumerGroup),
@@ -64,7 +69,7 @@ type Kafka struct {
 	closing chan struct{}
 
 	pubMu     sync.RWMutex // Publish holds it shared, Close exclusively
-	pub       *kafka.Publisher
+	pub       *kafkaPublisher
 	pubClosed bool
 
 	topicMu sync.RWMutex
@@ -109,11 +114,7 @@ func NewKafka(ctx context.Context, cfg Config, logger *slog.Logger) (*Kafka, err
 	if set.workers > 0 {
 		k.sem = make(chan struct{}, set.workers)
 	}
-	k.pub, err = kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               set.brokers,
-		Marshaler:             k.marsh,
-		OverwriteSaramaConfig: set.sarama(),
-	}, k.wmLog)
+	k.pub, err = newKafkaPublisher(set.brokers, set.sarama(), k.marsh, logger)
 	if err != nil {
 		return nil, fmt.Errorf("transports: kafka: connect producer to %v: %w", set.brokers, err)
 	}
@@ -210,9 +211,32 @@ func (k *Kafka) ReplicaSubscriptions(queue, deadLetterQueue string, cqrsIDs []st
 	return subs, nil
 }
 
-// Publish sends msgs to the topic of routing key topic, one after the other,
-// and returns once each was acknowledged by all in-sync replicas. It stops at
-// the first failure; the messages before it are published.
+// Publish sends msgs to the topic of routing key topic, all at once (each
+// partition's messages in the order of msgs), and returns once each was
+// acknowledged by all in-sync replicas or failed.
+//
+// A failure before anything was sent (a routing key that cannot name a
+// topic, a topic that could not be created, [ErrKafkaClosed], the topic's
+// metadata out of reach) is a plain error: no message of the call was
+// published.
+// Otherwise failures are reported message by message: the error wraps a
+// [*PublishError] whose Failed map holds the index of every message that was
+// not acknowledged, with a cause wrapping [ErrRejected] when the message
+// itself was refused (it cannot be made a record, is larger than
+// Producer.MaxMessageBytes or the topic's max.message.bytes, its topic does
+// not exist with AutoCreateTopics off, is not authorised, or the record is
+// invalid) and any other cause when its outcome is unknown (the brokers or
+// the connection failed). The messages not in Failed were acknowledged; a
+// failed message does not stop the others, so a later message of the same
+// entity may be published while an earlier one failed. errors.Is(err,
+// ErrRejected) reports whether some message was refused; [PublishFailures]
+// gives the per-message picture.
+//
+// The broker refuses records per partition and request: a record too large
+// for the topic's max.message.bytes fails the records of its partition sent
+// in the same request with it. Sarama's Producer.MaxMessageBytes (set with
+// KafkaConfig.Tune) is checked per record before sending. Publish is safe
+// for concurrent use.
 func (k *Kafka) Publish(topic string, msgs ...*message.Message) error {
 	t, err := k.topic(topic)
 	if err != nil {
@@ -226,7 +250,7 @@ func (k *Kafka) Publish(topic string, msgs ...*message.Message) error {
 	if k.pubClosed {
 		return fmt.Errorf("transports: kafka: publish to %q: %w", t, ErrKafkaClosed)
 	}
-	if err := k.pub.Publish(t, msgs...); err != nil {
+	if err := k.pub.publish(t, msgs); err != nil {
 		return fmt.Errorf("transports: kafka: publish %d message(s) to %q: %w", len(msgs), t, err)
 	}
 	return nil
@@ -414,8 +438,8 @@ func (k *Kafka) Close() error {
 	}
 	k.pubMu.Lock()
 	k.pubClosed = true
-	if err := k.pub.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("transports: kafka: close producer: %w", err))
+	if err := k.pub.close(); err != nil {
+		errs = append(errs, fmt.Errorf("transports: kafka: %w", err))
 	}
 	k.pubMu.Unlock()
 	k.topicMu.Lock()

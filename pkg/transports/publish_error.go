@@ -20,9 +20,9 @@ import (
 // went out (basic.return and nacks name single messages; a lost channel
 // leaves the unconfirmed ones failed with [ErrNotConfirmed]). [Memory.Publish]
 // enqueues all of a call or nothing, so its plain errors already say every
-// message failed. The Kafka publisher sends one message after the other and
-// returns a whole-call error: some messages before the failing one may have
-// been delivered, so its errors are "outcome unknown" for every message.
+// message failed. [Kafka.Publish] always does once its records went to the
+// producer (each record gets its own outcome; a broker refuses per produce
+// batch, so a refusal may name records besides the one at fault).
 type PublishError struct {
 	// Total is the number of messages of the call.
 	Total int
