@@ -8,7 +8,9 @@ import (
 
 // Settle finishes a detached message on the broker: ack removes it, a nack
 // hands it back (redelivered later). It may be called once; later calls do
-// nothing and return nil.
+// nothing and return nil. A subscriber may send the ack asynchronously,
+// moments after Settle returns (the rabbitmq transport coalesces acks, see
+// [RabbitMQ.Subscribe]); an error means the message will not be acked.
 type Settle func(ack bool) error
 
 // DetachFunc is what a subscriber puts in a message's context so that the

@@ -38,6 +38,8 @@ type RabbitMQ struct {
 	closed bool
 	topo   map[string]replicaTopology // by queue
 	subs   sync.WaitGroup
+
+	ackStats rabbitAckStats
 }
 
 // NewRabbitMQ connects to the broker at cfg.URL (amqp:// or amqps://, with

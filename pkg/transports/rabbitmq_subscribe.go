@@ -27,9 +27,15 @@ var ErrRequeued = errors.New("rabbitmq transport: message already handed back to
 // printed with fmt).
 //
 // Messages come one at a time: the next one is sent when the previous one is
-// acked (basic.ack), nacked (basic.nack with requeue) or detached
-// ([Detach]); a detached message stays unacknowledged on the broker until
-// its [Settle] is called.
+// acked, nacked or detached ([Detach]); a detached message stays
+// unacknowledged on the broker until its [Settle] is called. Acks are
+// coalesced: an Ack or Settle(true) is recorded at once and sent moments
+// later, from another goroutine, as one basic.ack with multiple set for the
+// run of settled messages it ends (a message still detached is never
+// covered: the acks of the messages after it go one by one). AMQP acks are
+// not confirmed by the broker either way: if the channel is lost before the
+// ack is sent, the broker delivers the message again. Nacks (basic.nack with
+// requeue) are sent at once.
 //
 // When the connection is lost, the subscription waits for the transport to
 // reconnect and consumes again (re-declaring the replica topology the
@@ -37,11 +43,12 @@ var ErrRequeued = errors.New("rabbitmq transport: message already handed back to
 // acked, and a later Settle of a detached message fails with [ErrRequeued].
 //
 // When ctx is cancelled, the subscription stops consuming, waits until the
-// message in hand (if any) is acked or nacked, nacks (requeues) the detached
-// messages not settled yet, closes its channel (the broker requeues any
-// prefetched message) and closes the returned channel. [RabbitMQ.Close] ends
-// it at once, without waiting for the message in hand. The messages'
-// context is cancelled when the subscription ends.
+// message in hand (if any) is acked or nacked, sends the acks not sent yet,
+// nacks (requeues) the detached messages not settled yet, closes its channel
+// (the broker requeues any prefetched message) and closes the returned
+// channel. [RabbitMQ.Close] ends it at once, without waiting for the message
+// in hand (acks recorded before still go out). The messages' context is
+// cancelled when the subscription ends.
 //
 // Subscribe fails when the transport is not connected or the queue cannot be
 // consumed (it does not exist, say).
@@ -106,7 +113,17 @@ func (r *RabbitMQ) startConsumer(conn *amqp.Connection, queue string, redeclare 
 	if err != nil {
 		return fail(fmt.Errorf("consume: %w", err))
 	}
-	return &rabbitSession{ch: ch, tag: tag, deliveries: deliveries, detached: map[uint64]*rabbitHeld{}}, nil
+	sess := &rabbitSession{
+		conn:       conn,
+		ch:         ch,
+		tag:        tag,
+		deliveries: deliveries,
+		log:        r.log.With("queue", queue),
+		detached:   map[uint64]*rabbitHeld{},
+	}
+	sess.acks.init(&r.ackStats)
+	go sess.flusher()
+	return sess, nil
 }
 
 // rabbitSub is one Subscribe call.
@@ -122,14 +139,21 @@ type rabbitSub struct {
 // rabbitSession is one channel consuming the queue; its deliveries can be
 // settled on it only.
 type rabbitSession struct {
+	conn       *amqp.Connection
 	ch         *amqp.Channel
 	tag        string
 	deliveries <-chan amqp.Delivery
+	log        *slog.Logger
+
+	acks rabbitAcks // see rabbitmq_acks.go
 
 	mu       sync.Mutex
 	detached map[uint64]*rabbitHeld // by delivery tag
 	ended    bool
 }
+
+// lost reports whether the session's channel or connection is gone.
+func (s *rabbitSession) lost() bool { return s.conn.IsClosed() || s.ch.IsClosed() }
 
 type heldState int
 
@@ -182,6 +206,7 @@ func (s *rabbitSub) consume(sess *rabbitSession) (stop bool) {
 			if s.ctx.Err() != nil {
 				return true
 			}
+			s.r.ackStats.interrupted.Add(1)
 			reason := "consumer cancelled by the broker"
 			if sess.ch.IsClosed() {
 				reason = "channel lost"
@@ -225,6 +250,7 @@ func (s *rabbitSub) hold(sess *rabbitSession, d amqp.Delivery) *rabbitHeld {
 	}
 	msg.Metadata.Set(MetaRoutingKey, d.RoutingKey)
 	h := &rabbitHeld{sess: sess, d: d, msg: msg, queue: s.queue, log: s.log, detachCh: make(chan struct{})}
+	sess.track(d.DeliveryTag)
 	msg.SetContext(WithDetach(s.ctx, h.detach))
 	return h
 }
@@ -244,26 +270,32 @@ func headerText(v any) string {
 }
 
 // finish acks or nacks (requeue) the delivery for its Watermill Ack/Nack,
-// unless it was detached or handed back meanwhile.
+// unless it was detached or handed back meanwhile. The ack is sent by the
+// session's flusher; once the session has ended it is not sent at all (the
+// channel is gone and the broker delivers the message again).
 func (h *rabbitHeld) finish(ack bool) {
-	h.sess.mu.Lock()
-	if h.state != heldPending {
-		h.sess.mu.Unlock()
+	s := h.sess
+	if !ack {
+		s.acks.sendMu.Lock()
+		defer s.acks.sendMu.Unlock()
+	}
+	s.mu.Lock()
+	if h.state != heldPending || s.ended {
+		s.mu.Unlock()
 		return
 	}
 	h.state = heldSettled
-	h.sess.mu.Unlock()
-	if err := h.apply(ack); err != nil {
-		h.log.Debug("rabbitmq: could not settle a message; the broker delivers it again",
-			"ack", ack, "error", err.Error())
-	}
-}
-
-func (h *rabbitHeld) apply(ack bool) error {
 	if ack {
-		return h.d.Ack(false)
+		wake := s.ackLocked(h.d.DeliveryTag)
+		s.mu.Unlock()
+		if wake {
+			s.wakeFlusher()
+		}
+		return
 	}
-	return h.d.Nack(false, true)
+	if err := s.nackAndUnlock(h.d.DeliveryTag); err != nil {
+		h.log.Debug("rabbitmq: could not nack a message; the broker delivers it again", "error", err.Error())
+	}
 }
 
 // detach is the message's DetachFunc.
@@ -290,38 +322,52 @@ func (h *rabbitHeld) detach() (Settle, error) {
 	return h.settle, nil
 }
 
-// settle is a detached message's Settle.
+// settle is a detached message's Settle. An ack is recorded and sent
+// moments later by the session's flusher; a nack is sent at once.
 func (h *rabbitHeld) settle(ack bool) error {
 	s := h.sess
+	if !ack {
+		s.acks.sendMu.Lock()
+		defer s.acks.sendMu.Unlock()
+	}
 	s.mu.Lock()
 	st := h.state
-	if st == heldDetached {
-		h.state = heldSettled
-		delete(s.detached, h.d.DeliveryTag)
-	}
-	s.mu.Unlock()
 	switch st {
 	case heldSettled:
+		s.mu.Unlock()
 		return nil
 	case heldReleased:
+		s.mu.Unlock()
 		if ack {
 			return fmt.Errorf("transports: rabbitmq: ack message %s from queue %q: %w", h.msg.UUID, h.queue, ErrRequeued)
 		}
 		return nil
 	}
-	if err := h.apply(ack); err != nil {
-		if !ack {
-			return nil // a lost channel hands it back as well
-		}
-		return fmt.Errorf("transports: rabbitmq: ack message %s from queue %q: %w: %w", h.msg.UUID, h.queue, ErrRequeued, err)
+	h.state = heldSettled
+	delete(s.detached, h.d.DeliveryTag)
+	if !ack {
+		// A failed nack changes nothing: a lost channel hands it back as well.
+		_ = s.nackAndUnlock(h.d.DeliveryTag)
+		return nil
+	}
+	if s.lost() {
+		s.settledLocked(h.d.DeliveryTag)
+		s.mu.Unlock()
+		return fmt.Errorf("transports: rabbitmq: ack message %s from queue %q: %w: channel lost", h.msg.UUID, h.queue, ErrRequeued)
+	}
+	wake := s.ackLocked(h.d.DeliveryTag)
+	s.mu.Unlock()
+	if wake {
+		s.wakeFlusher()
 	}
 	return nil
 }
 
-// end gives sess up: its detached messages are handed back, the consumer is
-// cancelled and the channel closed, so the broker requeues everything
-// unacknowledged on it.
+// end gives sess up: the acks not sent yet are sent, its detached messages
+// are handed back, the consumer is cancelled and the channel closed, so the
+// broker requeues everything unacknowledged on it.
 func (s *rabbitSub) end(sess *rabbitSession) {
+	sess.stopFlusher()
 	sess.mu.Lock()
 	sess.ended = true
 	held := make([]*rabbitHeld, 0, len(sess.detached))
@@ -334,10 +380,14 @@ func (s *rabbitSub) end(sess *rabbitSession) {
 	if sess.ch.IsClosed() {
 		return
 	}
+	// No ack is recorded after ended is set: this sends the last ones, before
+	// the consumer is cancelled.
+	sess.flush()
 	_ = sess.ch.Cancel(sess.tag, false)
 	for _, h := range held {
 		_ = h.d.Nack(false, true)
 	}
+	sess.acks.stats.nacks.Add(int64(len(held)))
 	if len(held) > 0 {
 		s.log.Info("rabbitmq: handed detached messages back to the broker", "messages", len(held))
 	}
