@@ -47,7 +47,15 @@ func (r *Relay) RunOnce(ctx context.Context) (published int, err error) {
 	s, pubErr := r.publishPrepared(ctx, p, true)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
-	return len(s.done), r.conclude(s, pubErr, r.finish(fctx, s))
+	// The log lines are written while the rows are deleted.
+	logged := make(chan struct{})
+	go func() {
+		defer close(logged)
+		r.logConfirmed(ctx, s.sent)
+	}()
+	finErr := r.finish(fctx, s)
+	<-logged
+	return len(s.done), r.conclude(s, pubErr, finErr)
 }
 
 // prepared is a claimed batch, checked for entity order, ready to publish.
@@ -215,6 +223,7 @@ type settled struct {
 	firstUnknown *claimedRow
 	notTried     int
 	blocked      map[string]bool // entities with a row not confirmed
+	sent         []sentMessage   // every message the broker confirmed, for the log lines
 }
 
 // settle sorts the published batch's rows (id order) by what becomes of
@@ -223,6 +232,14 @@ type settled struct {
 func (r *Relay) settle(rows []claimedRow, out []outcome) settled {
 	s := settled{blocked: map[string]bool{}}
 	blocked := s.blocked
+	for i := range out {
+		if out[i].state == confirmed && out[i].msg != nil {
+			if s.sent == nil {
+				s.sent = make([]sentMessage, 0, len(out))
+			}
+			s.sent = append(s.sent, sentMessage{topic: rows[i].topic, msg: out[i].msg})
+		}
+	}
 	for i := range rows {
 		row, o := &rows[i], out[i]
 		if blocked[row.entityKey] {

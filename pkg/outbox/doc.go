@@ -28,7 +28,9 @@
 //
 // Wake-up: on PostgreSQL, migration 2 adds a trigger that NOTIFYs on insert
 // and Run LISTENs (see notify.go), so an idle relay publishes new rows at
-// once; everywhere, Run polls adaptively (PollMin to PollMax).
+// once; since migration 3 a transaction notifies only while a relay waits
+// idle, so that writers pay nothing for it while relays are busy or absent
+// (notify_wait.go); everywhere, Run polls adaptively (PollMin to PollMax).
 //
 // Delivery is at least once. A relay that dies between publishing and
 // deleting leaves its claimed rows behind; they are published again when the

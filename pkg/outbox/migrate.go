@@ -57,16 +57,33 @@ func migrationsFor(d dialect.Dialect) ([]migration, error) {
 	return out, nil
 }
 
-// statements splits a migration script at semicolons that end a line. The
-// scripts hold no semicolons inside literals.
+// statements splits a migration script into statements: a statement ends
+// with a line ending in a semicolon, except inside a dollar-quoted body
+// ($$ ... $$, which may span lines; "$$" appears nowhere else in the
+// scripts). The scripts hold no semicolons at a line's end inside literals.
 func statements(script string) []string {
-	var out []string
-	for _, part := range strings.Split(script, ";\n") {
-		part = strings.TrimSuffix(strings.TrimSpace(part), ";")
+	var (
+		out      []string
+		cur      strings.Builder
+		inDollar bool
+	)
+	flush := func() {
+		part := strings.TrimSuffix(strings.TrimSpace(cur.String()), ";")
 		if hasSQL(part) {
 			out = append(out, part)
 		}
+		cur.Reset()
 	}
+	for _, line := range strings.SplitAfter(script, "\n") {
+		cur.WriteString(line)
+		if strings.Count(line, "$$")%2 == 1 {
+			inDollar = !inDollar
+		}
+		if !inDollar && strings.HasSuffix(strings.TrimRight(line, "\r\n"), ";") && strings.HasSuffix(line, "\n") {
+			flush()
+		}
+	}
+	flush()
 	return out
 }
 
@@ -119,7 +136,10 @@ func recordVersionSQL(d dialect.Dialect, n names) string {
 // safe to repeat.
 //
 // Versions: 1 creates the table and its (entity_key, id) index; 2
-// (PostgreSQL only) adds the trigger that NOTIFYs relays of new rows.
+// (PostgreSQL only) adds the trigger that NOTIFYs relays of new rows; 3
+// (PostgreSQL only) makes it notify only while a relay waits idle (see
+// notify_wait.go); 4 (PostgreSQL only) fills the table's pages to half, so
+// that claims are HOT updates.
 func Migrate(ctx context.Context, db *sqlx.DB, d dialect.Dialect, opts ...Option) error {
 	return migrate(ctx, db, d, buildConfig(opts), 0)
 }

@@ -126,3 +126,15 @@ func TestStatementsSplit(t *testing.T) {
 		t.Fatalf("statements = %q", got)
 	}
 }
+
+// A dollar-quoted body spanning lines stays one statement, its inner
+// semicolons at the end of lines included; one on a single line too.
+func TestStatementsSplitDollarQuoted(t *testing.T) {
+	script := "CREATE FUNCTION f() RETURNS trigger AS $$\nBEGIN\n    PERFORM 1;\n    RETURN NULL;\nEND\n$$;\n" +
+		"CREATE FUNCTION g() AS $$BEGIN RETURN NULL; END$$;\nDROP X;"
+	got := statements(script)
+	if len(got) != 3 || !strings.Contains(got[0], "PERFORM 1;\n    RETURN NULL;\nEND\n$$") ||
+		!strings.HasSuffix(got[1], "END$$") || got[2] != "DROP X" {
+		t.Fatalf("statements = %q", got)
+	}
+}

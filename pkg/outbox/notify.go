@@ -19,20 +19,21 @@ import (
 // Wake-up on PostgreSQL
 //
 // Migration 2 puts a statement-level AFTER INSERT trigger on the outbox
-// table that NOTIFYs the channel NotifyChannel(schema, table). While Run
-// runs on PostgreSQL, the relay keeps one connection of its own (opened with
-// the configuration of the pool's connections, outside the pool, so that
-// MaxOpenConns is not touched) LISTENing on that channel, and calls Wake for
-// every notification: an idle relay publishes a committed row within a round
-// trip instead of within its idle wait. The relay keeps polling adaptively
-// as on other databases: the trigger lets only one open transaction at a
-// time notify (see the migration), the others' rows are found by the short
-// polls that follow a wake-up, and polling covers a listener that is down or
-// a lost notification. The listener
-// reconnects with backoff (listenRetryMin doubling to listenRetryMax) and,
-// once LISTENing again, wakes the relay once for what was committed
-// meanwhile. It pings its connection after listenPing without traffic, so
-// that a dead connection is noticed.
+// table that NOTIFYs the channel NotifyChannel(schema, table); since
+// migration 3 it notifies only while a relay waits idle (see
+// notify_wait.go). While Run runs on PostgreSQL, the relay keeps one
+// connection of its own (opened with the configuration of the pool's
+// connections, outside the pool, so that MaxOpenConns is not touched)
+// LISTENing on that channel, and calls Wake for every notification: an idle
+// relay publishes a committed row within a round trip instead of within its
+// idle wait. Before it waits, Run takes the "waiting" lock on another
+// connection of its own and claims once more, so that no commit is missed
+// (notify_wait.go). The relay keeps polling adaptively as on other
+// databases, as the fallback for a listener or lock connection that is
+// down. The listener reconnects with backoff (listenRetryMin doubling to
+// listenRetryMax) and, once LISTENing again, wakes the relay once for what
+// was committed meanwhile. It pings its connection after listenPing without
+// traffic, so that a dead connection is noticed.
 //
 // It does not start when RelayOptions.DisableListen is set, when the table
 // has no enabled notify trigger (migration 2 not applied: it logs so and the

@@ -12,18 +12,21 @@ import (
 	"github.com/gocqrs/gocqrs/internal/testenv"
 )
 
-// BenchmarkMasterWriteNotify measures what the NOTIFY trigger (migration 2)
-// costs a master: one op is one transaction inserting a domain row and its
-// outbox row, committed, by 1 or 8 concurrent writers, with the trigger
-// dropped ("off"), notifying from every transaction ("always"), or as
-// migration 2 has it: only the holder of a try-lock token notifies
-// ("token"). A relay-style listener is connected when the trigger is there.
-// It reports tx/s; compare with "off" of the same writer count.
+// BenchmarkMasterWriteNotify measures what the NOTIFY trigger costs a
+// master: one op is one transaction inserting a domain row and its outbox
+// row, committed, by 1 or 8 concurrent writers, with the trigger dropped
+// ("off"), notifying from every transaction ("always"), as migration 2 had
+// it: only the holder of a try-lock token notifies ("token"), and as
+// migration 3 has it, with no relay waiting ("idle": no transaction
+// notifies) and with a relay waiting the whole time ("waiting": every
+// transaction notifies). A relay-style listener is connected when the
+// trigger is there. It reports tx/s; compare with "off" of the same writer
+// count.
 //
 //	CQRS_TEST_POSTGRES=... go test -run '^$' -bench MasterWriteNotify -benchtime 5000x ./pkg/outbox/
 func BenchmarkMasterWriteNotify(b *testing.B) {
 	for _, writers := range []int{1, 8} {
-		for _, trigger := range []string{"off", "always", "token"} {
+		for _, trigger := range []string{"off", "always", "token", "idle", "waiting"} {
 			b.Run(fmt.Sprintf("writers=%d/trigger=%s", writers, trigger), func(b *testing.B) {
 				db := testenv.Postgres(b)
 				migrated(b, db)
@@ -37,14 +40,24 @@ func BenchmarkMasterWriteNotify(b *testing.B) {
 						b.Fatal(err)
 					}
 				case "always":
-					// Migration 2 without its token: every transaction notifies.
+					// Every transaction notifies.
 					if _, err := db.Exec(`CREATE OR REPLACE FUNCTION cqrs_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS
 						$$BEGIN PERFORM pg_notify('gocqrs_' || md5(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME), ''); RETURN NULL; END$$`); err != nil {
 						b.Fatal(err)
 					}
 					listenForBench(b, db)
-				default:
+				case "token":
+					// Migration 2's function.
+					if _, err := db.Exec(`CREATE OR REPLACE FUNCTION cqrs_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS
+						$$BEGIN IF pg_try_advisory_xact_lock(1734570354, TG_RELID::int4) THEN PERFORM pg_notify('gocqrs_' || md5(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME), ''); END IF; RETURN NULL; END$$`); err != nil {
+						b.Fatal(err)
+					}
 					listenForBench(b, db)
+				case "idle":
+					listenForBench(b, db)
+				case "waiting":
+					listenForBench(b, db)
+					holdWaitingForBench(b, db)
 				}
 				db.SetMaxOpenConns(writers + 2)
 				ctx := context.Background()
@@ -106,4 +119,19 @@ func listenForBench(b *testing.B, db *testenv.DB) {
 		l.stop()
 	})
 	testenv.WaitFor(b, 10*time.Second, "the listener to LISTEN", l.healthy)
+}
+
+// holdWaitingForBench holds the relays' "waiting" lock (migration 3) for
+// the rest of the benchmark, as a relay waiting idle does: every
+// transaction that writes to the outbox notifies.
+func holdWaitingForBench(b *testing.B, db *testenv.DB) {
+	b.Helper()
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	if _, err := conn.ExecContext(context.Background(), "SELECT pg_advisory_lock_shared($1, 'cqrs_outbox'::regclass::oid::int4)", lockClassWaiting); err != nil {
+		b.Fatal(err)
+	}
 }

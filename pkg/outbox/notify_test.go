@@ -2,11 +2,13 @@ package outbox
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
@@ -39,8 +41,9 @@ func currentSchema(t *testing.T, db *testenv.DB) string {
 	return schema
 }
 
-// A database at version 1 is upgraded to 2: the trigger appears and a commit
-// on the outbox sends a notification on the channel NotifyChannel names.
+// A database at version 1 is upgraded to the latest: the trigger appears,
+// and a commit on the outbox sends a notification on the channel
+// NotifyChannel names while a session holds the relays' "waiting" lock.
 func TestMigrateUpgradesToNotifyTrigger(t *testing.T) {
 	t.Parallel()
 	db := testenv.Postgres(t)
@@ -56,8 +59,15 @@ func TestMigrateUpgradesToNotifyTrigger(t *testing.T) {
 	if err := db.Select(&versions, "SELECT version FROM cqrs_outbox_migrations ORDER BY version"); err != nil {
 		t.Fatal(err)
 	}
-	if len(versions) != 2 || versions[1] != 2 || LatestVersion(db.Dialect) != 2 {
-		t.Fatalf("versions after upgrade = %v (latest %d), want [1 2]", versions, LatestVersion(db.Dialect))
+	if fmt.Sprint(versions) != "[1 2 3 4]" || LatestVersion(db.Dialect) != 4 {
+		t.Fatalf("versions after upgrade = %v (latest %d), want [1 2 3 4]", versions, LatestVersion(db.Dialect))
+	}
+	var options []string
+	if err := db.Select(&options, "SELECT unnest(reloptions) FROM pg_class WHERE oid = 'cqrs_outbox'::regclass"); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(options) != "[fillfactor=50]" {
+		t.Fatalf("table options %v, want [fillfactor=50] (version 4)", options)
 	}
 	if c := rowCount(t, db); c != 1 {
 		t.Fatalf("%d rows after the upgrade, want the 1 written before", c)
@@ -72,13 +82,30 @@ func TestMigrateUpgradesToNotifyTrigger(t *testing.T) {
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
 		t.Fatal(err)
 	}
-	insertCommitted(t, db.DB, db, []Message{msg("author", 2, 1), msg("author", 3, 1)})
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	n, err := conn.WaitForNotification(wctx)
-	if err != nil || n.Channel != channel {
-		t.Fatalf("notification = %+v, %v; want one on %s", n, err, channel)
+	holder, err := pgx.Connect(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer holder.Close(ctx)
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock_shared($1, 'cqrs_outbox'::regclass::oid::int4)", lockClassWaiting); err != nil {
+		t.Fatal(err)
+	}
+	insertCommitted(t, db.DB, db, []Message{msg("author", 2, 1), msg("author", 3, 1)})
+	if n := nextNotification(t, conn); n.Channel != channel || n.Payload != "" {
+		t.Fatalf("notification = %+v; want the trigger's on %s", n, channel)
+	}
+}
+
+// nextNotification waits for conn's next notification.
+func nextNotification(t *testing.T, conn *pgx.Conn) *pgconn.Notification {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := conn.WaitForNotification(ctx)
+	if err != nil {
+		t.Fatalf("wait for a notification: %v", err)
+	}
+	return n
 }
 
 // Migrate refuses a database a newer gocqrs migrated, and applies nothing.
@@ -115,10 +142,9 @@ func TestRunWakesOnNotification(t *testing.T) {
 	s := newSink(t, "author")
 	r := newRelay(t, db.DB, db, s, RelayOptions{PollMin: time.Hour, PollMax: time.Hour})
 	l := runRelay(t, r)
-	// The listener's start-up wake-up is consumed by the second cycle; after
-	// it only a notification can wake the relay.
-	testenv.WaitFor(t, 10*time.Second, "the listener up and the relay asleep", func() bool {
-		return l.healthy() && r.Stats().Cycles >= 2
+	// Once the relay waits holding its lock, only a notification can wake it.
+	testenv.WaitFor(t, 10*time.Second, "the listener up and the relay waiting", func() bool {
+		return l.healthy() && r.waiting.Load()
 	})
 	ids := insertCommitted(t, db.DB, db, []Message{msg("author", 1, 1)})
 	testenv.WaitFor(t, 10*time.Second, "the notified relay to publish", func() bool { return s.count() == 1 })
@@ -142,8 +168,9 @@ func TestListenerReconnects(t *testing.T) {
 	if err := db.Get(&killed, "SELECT pg_terminate_backend($1)", int64(old)); err != nil || !killed {
 		t.Fatalf("terminate listener backend %d: %v %v", old, killed, err)
 	}
-	testenv.WaitFor(t, 10*time.Second, "the listener back on a new connection", func() bool {
-		return l.healthy() && l.pid.Load() != old
+	// Writers notify only while the relay waits holding its lock.
+	testenv.WaitFor(t, 10*time.Second, "the listener back on a new connection and the relay waiting", func() bool {
+		return l.healthy() && l.pid.Load() != old && r.waiting.Load()
 	})
 	before := l.notified.Load()
 	insertCommitted(t, db.DB, db, []Message{msg("author", 1, 1)})

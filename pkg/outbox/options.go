@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strings"
+	"sync"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 )
@@ -54,6 +55,28 @@ type names struct {
 	notifyTrig  string // quoted trigger name (PostgreSQL)
 	notifyName  string // the trigger's name unquoted, as pg_trigger holds it
 	lockKey     int64  // advisory lock key for migrations
+}
+
+// namesCache holds the names resolveNames derived, per dialect and table,
+// for Insert and Replace (called in every master transaction).
+var namesCache sync.Map // namesKey → names
+
+type namesKey struct {
+	dialect dialect.Name
+	table   string
+}
+
+// cachedNames is resolveNames, remembered.
+func cachedNames(d dialect.Dialect, table string) (names, error) {
+	key := namesKey{d.Name(), table}
+	if n, ok := namesCache.Load(key); ok && d.Valid() {
+		return n.(names), nil
+	}
+	n, err := resolveNames(d, table)
+	if err == nil {
+		namesCache.Store(key, n)
+	}
+	return n, err
 }
 
 // resolveNames validates the table name and derives the quoted names.

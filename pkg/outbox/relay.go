@@ -125,6 +125,7 @@ type Relay struct {
 	runMu sync.Mutex // held while Run runs
 
 	listening atomic.Pointer[listener] // Run's listener (PostgreSQL), for tests
+	waiting   atomic.Bool              // Run waits for a notification, holding "waiting" (tests)
 
 	cycles, published, failed, errs, released, rejected atomic.Int64
 	errMu                                               sync.Mutex

@@ -12,8 +12,10 @@ import (
 // [Relay.Wake]). On PostgreSQL it also LISTENs for the outbox table's
 // notifications (see [Migrate] and notify.go) and wakes itself when rows
 // are committed: an idle relay publishes at once instead of after up to
-// PollMax; the adaptive polling stays, for the rows of writers that left
-// the notifying to another transaction and as the fallback. Failed cycles
+// PollMax. Before each wait it takes the lock that makes writers notify
+// (migration 3) and claims once more; it releases it when it has rows to
+// publish (see notify_wait.go). The adaptive polling stays as the fallback
+// (a listener or lock connection that is down). Failed cycles
 // are logged, counted in [Relay.Stats] and retried after ErrorBackoff
 // (doubling up to ErrorBackoffMax).
 //
@@ -43,12 +45,19 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	listening := r.startListener(ctx)
 	defer listening.stop()
+	// Before waiting for a notification, the relay takes the "waiting" lock
+	// and claims once more (see notify_wait.go); it releases the lock when
+	// it has rows to publish.
+	wl := &waitLock{r: r, off: listening.cancel == nil}
+	defer wl.drop()
 
 	var (
-		idle    = r.opts.PollMin
-		errWait time.Duration
-		next    *prepared // claimed ahead while the batch before was published
-		behind  *settled  // published, not finished yet
+		idle     = r.opts.PollMin
+		errWait  time.Duration
+		next     *prepared     // claimed ahead while the batch before was published
+		behind   *settled      // published, not finished yet
+		recheck  bool          // this cycle's claim is the one after taking the lock (R3)
+		lastWait time.Duration // the wait decided before that claim
 	)
 	// finishBehind finishes the batch behind; it reports the error only.
 	finishBehind := func() error {
@@ -74,10 +83,16 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		cur, err := next, error(nil)
 		next = nil
+		safe := false // the claim below starts while the relay holds "waiting" since R2
 		if cur == nil {
 			if err = finishBehind(); err == nil {
+				safe = wl.safe()
 				cur, err = r.prepareUncancelled(ctx, nil)
 			}
+		}
+		if wl.held && (err != nil || (!cur.empty() && len(cur.keep) > 0)) {
+			wl.unlock(ctx) // R4: busy (or failing): writers need not notify
+			safe = false
 		}
 		published := 0
 		if err == nil && !cur.empty() {
@@ -101,6 +116,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		case published > 0:
 			errWait, idle = 0, r.opts.PollMin
 			wait = r.opts.PollMin
+		case recheck:
+			// The claim after taking the lock found nothing either: wait
+			// as decided before it.
+			errWait = 0
+			wait = lastWait
 		default:
 			// Nothing published: an empty outbox, or rows that must wait
 			// (held by another relay, set aside).
@@ -108,6 +128,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			wait = idle
 			idle = min(2*idle, r.opts.PollMax)
 		}
+		recheck = false
 		if wait <= 0 {
 			continue
 		}
@@ -117,12 +138,32 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.abandon(ctx, next)
 			next = nil
 		}
+		if wakeable && listening.healthy() {
+			if !safe && wait >= armMinWait {
+				switch wl.arm(ctx) {
+				case armDone:
+					// R3: claim once more, under the lock, before waiting.
+					recheck, lastWait = true, wait
+					continue
+				case armOpen:
+					// A transaction that wrote is still open and will not
+					// notify: claim again soon.
+					wait = min(wait, waitLockRetry)
+				}
+			}
+		} else if wl.held {
+			wl.unlock(ctx) // no notification would wake it
+		}
+		r.waiting.Store(safe && wl.safe())
 		woken, ok := r.sleep(ctx, wait, wakeable)
+		r.waiting.Store(false)
 		if !ok {
 			return nil
 		}
 		if woken {
 			idle = r.opts.PollMin
+		} else {
+			wl.check(ctx) // no wake-up: is the lock still held?
 		}
 	}
 }
@@ -161,6 +202,9 @@ func (r *Relay) runBatch(ctx context.Context, cur *prepared, next **prepared, be
 		}
 	}()
 	s, pubErr := r.publishPrepared(cctx, cur, true)
+	// The log lines are written while the work started above goes on.
+	r.logConfirmed(ctx, s.sent)
+	s.sent = nil
 	<-done
 
 	if pubErr != nil {
@@ -214,6 +258,7 @@ func (r *Relay) launchEarly(ctx context.Context, p *prepared, before []claimedRo
 // part that went early is awaited and settled, the rest is released.
 func (r *Relay) abandon(ctx context.Context, p *prepared) {
 	s, err := r.publishPrepared(context.WithoutCancel(ctx), p, false)
+	r.logConfirmed(ctx, s.sent)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
 	_ = r.conclude(s, err, r.finish(fctx, s)) // recorded and logged

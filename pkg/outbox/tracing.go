@@ -22,6 +22,9 @@ type publishSpans []trace.Span
 // startPublishSpans starts one span per message, each a child of the
 // traceparent the message carries. It returns nil when none is recorded.
 func startPublishSpans(ctx context.Context, topic string, msgs []*message.Message) publishSpans {
+	if !otelcqrs.Enabled() {
+		return nil // no provider: no span would record
+	}
 	var spans publishSpans
 	for j, m := range msgs {
 		md := m.Metadata

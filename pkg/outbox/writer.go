@@ -97,7 +97,7 @@ func Insert(ctx context.Context, tx sqlx.ExtContext, d dialect.Dialect, msgs []M
 	if tx == nil {
 		return nil, errors.New("outbox: insert: nil transaction")
 	}
-	n, err := resolveNames(d, buildConfig(opts).table)
+	n, err := cachedNames(d, buildConfig(opts).table)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: insert: %w", err)
 	}
@@ -122,6 +122,56 @@ func Insert(ctx context.Context, tx sqlx.ExtContext, d dialect.Dialect, msgs []M
 		start = end
 	}
 	return ids, nil
+}
+
+// InsertStatement returns the statement that writes m to the outbox as
+// [Insert] does, returning the row's id, with its bind parameters numbered
+// from $first, and its arguments. It is for a caller that writes its own
+// row and the message in one statement, one round trip (PostgreSQL: "WITH
+// r AS (INSERT ... RETURNING ...), o AS (<this>) SELECT ..."); it is
+// PostgreSQL only.
+func InsertStatement(d dialect.Dialect, m Message, first int, opts ...Option) (query string, args []any, err error) {
+	if d.Name() != dialect.Postgres {
+		return "", nil, fmt.Errorf("outbox: insert statement: %s: PostgreSQL only", d)
+	}
+	if first < 1 {
+		return "", nil, fmt.Errorf("outbox: insert statement: first parameter $%d: want $1 or later", first)
+	}
+	n, err := cachedNames(d, buildConfig(opts).table)
+	if err != nil {
+		return "", nil, fmt.Errorf("outbox: insert statement: %w", err)
+	}
+	e, err := encode(m)
+	if err != nil {
+		return "", nil, fmt.Errorf("outbox: insert statement: %w", err)
+	}
+	query = fmt.Sprintf("INSERT INTO %s (cqrs_id, entity_key, topic, body, headers) VALUES ($%d, $%d, $%d, $%d, $%d) RETURNING id",
+		n.table, first, first+1, first+2, first+3, first+4)
+	return query, []any{e.cqrsID, e.entityKey, e.topic, e.body, e.headers}, nil
+}
+
+// Delete removes the outbox row id inside the caller's transaction tx: a
+// row the transaction wrote and no longer wants (it writes another in its
+// place). It returns an error wrapping [ErrGone] when there is no such row
+// unclaimed.
+func Delete(ctx context.Context, tx sqlx.ExtContext, d dialect.Dialect, id int64, opts ...Option) error {
+	if tx == nil {
+		return errors.New("outbox: delete: nil transaction")
+	}
+	n, err := cachedNames(d, buildConfig(opts).table)
+	if err != nil {
+		return fmt.Errorf("outbox: delete: %w", err)
+	}
+	res, err := tx.ExecContext(ctx, d.Rebind("DELETE FROM "+n.table+" WHERE id = ? AND claimed_by IS NULL"), id)
+	if err != nil {
+		return fmt.Errorf("outbox: delete row %d from %s: %w", id, n.raw, err)
+	}
+	if k, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("outbox: delete row %d from %s: rows affected: %w", id, n.raw, err)
+	} else if k == 0 {
+		return fmt.Errorf("outbox: delete row %d from %s: no such unclaimed row: %w", id, n.raw, ErrGone)
+	}
+	return nil
 }
 
 // mysqlNoReturning is set once a MySQL server rejected INSERT ... RETURNING
@@ -215,7 +265,7 @@ func Replace(ctx context.Context, tx sqlx.ExtContext, d dialect.Dialect, id int6
 	if tx == nil {
 		return errors.New("outbox: replace: nil transaction")
 	}
-	n, err := resolveNames(d, buildConfig(opts).table)
+	n, err := cachedNames(d, buildConfig(opts).table)
 	if err != nil {
 		return fmt.Errorf("outbox: replace: %w", err)
 	}
