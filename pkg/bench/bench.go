@@ -183,7 +183,8 @@ func dbName(o Options) string {
 }
 
 // Print writes the report as a table: median of the runs, every run, the
-// ratio against the baseline and the goal.
+// ratio against the baseline (the median of the ratios measured within each
+// run, then each run's) and the goal.
 func (r *Report) Print(w io.Writer) {
 	o := r.Options
 	fmt.Fprintf(w, "gocqrs bench: %s transport, %s on both sides, %d rows, median of %d run(s)\n\n", transportName(o), dbName(o), o.Rows, o.Runs)
@@ -204,8 +205,8 @@ func (r *Report) Print(w io.Writer) {
 		cmp := ""
 		if f.Against != "" {
 			if b, ok := byName[f.Against]; ok && b.Median() > 0 {
-				ratio := f.Median() / b.Median()
-				cmp = fmt.Sprintf("%.2f × %s", ratio, f.Against)
+				ratio, per := runRatios(f, b)
+				cmp = fmt.Sprintf("%.2f × %s (runs %s)", ratio, f.Against, per)
 				if f.GoalIsRatio {
 					cmp += verdict(ratio, f.Goal, f.Higher, fmt.Sprintf("%.2f×", f.Goal))
 				}
@@ -219,6 +220,23 @@ func (r *Report) Print(w io.Writer) {
 	for i, c := range r.Compared {
 		fmt.Fprintf(w, "run %d: %s\n", i+1, c)
 	}
+}
+
+// runRatios returns the median of f's ratio to b measured within each run
+// (a baseline is compared with the figure of its own run), and the ratios.
+func runRatios(f, b *Figure) (float64, string) {
+	r := &Figure{}
+	var parts []string
+	for i := range min(len(f.Runs), len(b.Runs)) {
+		if b.Runs[i] > 0 {
+			r.Runs = append(r.Runs, f.Runs[i]/b.Runs[i])
+			parts = append(parts, fmt.Sprintf("%.2f", f.Runs[i]/b.Runs[i]))
+		}
+	}
+	if len(r.Runs) == 0 {
+		return f.Median() / b.Median(), "-"
+	}
+	return r.Median(), strings.Join(parts, " ")
 }
 
 func verdict(v, goal float64, higher bool, goalText string) string {
