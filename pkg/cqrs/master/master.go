@@ -74,7 +74,8 @@ type Master struct {
 	log         *slog.Logger
 	produceOff  bool
 
-	txs sync.Map // weak.Pointer[sqlx.Tx] → *txState
+	txs     sync.Map // weak.Pointer[sqlx.Tx] → *txState
+	predict sync.Map // cqrs_id → *predictStats (insert_pg.go)
 }
 
 // New binds the registry's master models to the tables of db (checking that

@@ -114,38 +114,48 @@ func scanRows(rows *sql.Rows, mm *registry.MasterModel) ([]*wire.Fields, error) 
 		if err := rows.Scan(ptrs...); err != nil {
 			return nil, err
 		}
-		f := wire.NewFields()
-		rev, ok := ScannedInt(vals[0])
-		if !ok {
-			return nil, fmt.Errorf("column %s: revision %v is not an integer", mm.RevisionColumn, vals[0])
-		}
-		f.Set(wire.RevisionKey, json.Number(strconv.FormatInt(rev, 10)))
-		if vals[1] == nil {
-			f.Set(wire.UpdatedKey, nil)
-		} else {
-			upd, err := toWire(dialect.KindDateTime, vals[1])
-			if err != nil {
-				return nil, fmt.Errorf("column %s: %w", mm.UpdatedColumn, err)
-			}
-			f.Set(wire.UpdatedKey, upd)
-		}
-		for i, fd := range mm.Fields {
-			raw := vals[i+2]
-			if fd.Kind == dialect.KindDecimal && fd.Scale >= 0 && raw != nil {
-				var err error
-				if raw, err = quantize(raw, fd.Scale); err != nil {
-					return nil, fmt.Errorf("column %s: %w", fd.ColumnName(), err)
-				}
-			}
-			v, err := toWire(fd.Kind, raw)
-			if err != nil {
-				return nil, fmt.Errorf("column %s: %w", fd.ColumnName(), err)
-			}
-			f.Set(fd.Name, v)
+		f, err := rowFields(mm, vals)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, f)
 	}
 	return out, rows.Err()
+}
+
+// rowFields serialises one row's values as scanned in tableSQL.selectList
+// order: cqrs_revision, cqrs_updated, then the fields in order.
+func rowFields(mm *registry.MasterModel, vals []any) (*wire.Fields, error) {
+	f := wire.NewFields()
+	rev, ok := ScannedInt(vals[0])
+	if !ok {
+		return nil, fmt.Errorf("column %s: revision %v is not an integer", mm.RevisionColumn, vals[0])
+	}
+	f.Set(wire.RevisionKey, json.Number(strconv.FormatInt(rev, 10)))
+	if vals[1] == nil {
+		f.Set(wire.UpdatedKey, nil)
+	} else {
+		upd, err := toWire(dialect.KindDateTime, vals[1])
+		if err != nil {
+			return nil, fmt.Errorf("column %s: %w", mm.UpdatedColumn, err)
+		}
+		f.Set(wire.UpdatedKey, upd)
+	}
+	for i, fd := range mm.Fields {
+		raw := vals[i+2]
+		if fd.Kind == dialect.KindDecimal && fd.Scale >= 0 && raw != nil {
+			var err error
+			if raw, err = quantize(raw, fd.Scale); err != nil {
+				return nil, fmt.Errorf("column %s: %w", fd.ColumnName(), err)
+			}
+		}
+		v, err := toWire(fd.Kind, raw)
+		if err != nil {
+			return nil, fmt.Errorf("column %s: %w", fd.ColumnName(), err)
+		}
+		f.Set(fd.Name, v)
+	}
+	return f, nil
 }
 
 // Rows reads rows of a master model (all of them when pks is nil), in
@@ -360,6 +370,14 @@ func quantize(v any, scale int) (string, error) {
 	default:
 		return "", fmt.Errorf("value %v (%T) is not a decimal", v, v)
 	}
+	if q, ok := quantizedAlready(s, scale); ok {
+		return q, nil
+	}
+	return quantizeText(s, scale)
+}
+
+// quantizeText is quantize for decimal text, computed exactly.
+func quantizeText(s string, scale int) (string, error) {
 	r, ok := new(big.Rat).SetString(strings.TrimSpace(s))
 	if !ok {
 		return "", fmt.Errorf("value %q is not a decimal", s)
@@ -378,6 +396,38 @@ func quantize(v any, scale int) (string, error) {
 		}
 	}
 	return new(big.Rat).SetFrac(q, pow).FloatString(scale), nil
+}
+
+// quantizedAlready returns quantize's result for a decimal in canonical
+// form with at most scale fraction digits (what databases with exact
+// decimals return), which needs no rounding: the fraction padded with
+// zeros. ok is false for any other form; quantize then computes.
+func quantizedAlready(s string, scale int) (string, bool) {
+	digits := strings.TrimPrefix(s, "-")
+	intPart, frac, hasDot := strings.Cut(digits, ".")
+	switch {
+	case intPart == "" || (len(intPart) > 1 && intPart[0] == '0') || !allDigits(intPart) || !allDigits(frac),
+		hasDot && (frac == "" || scale == 0), len(frac) > scale:
+		return "", false
+	case len(digits) < len(s) && strings.Trim(digits, "0.") == "":
+		return "", false // negative zero: quantize drops the sign
+	}
+	if scale == 0 {
+		return s, true
+	}
+	if !hasDot {
+		s += "."
+	}
+	return s + strings.Repeat("0", scale-len(frac)), true
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func firstN(s string, n int) string {

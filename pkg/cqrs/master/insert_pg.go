@@ -1,0 +1,204 @@
+package master
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+	"github.com/gocqrs/gocqrs/pkg/outbox"
+)
+
+// Insert in one statement (PostgreSQL)
+//
+// Insert otherwise takes two statements, two round trips: the INSERT of the
+// row, RETURNING it as stored (the message is built from what the
+// transaction wrote), then the outbox INSERT. On PostgreSQL, when every
+// field's value is given (no column default to learn) and the model has no
+// Serialize or IsSyncInstance hook, Insert predicts the stored row from the
+// values it binds (revision 0, the cqrs_updated it sets, each value
+// converted as if read back), builds the message from it, and writes both
+// rows in one statement (WITH ... INSERT ... RETURNING). It then compares
+// the row the database returned with the prediction. When they differ (a
+// trigger, a domain, rounding or normalisation the prediction does not
+// know), it rewrites the outbox row with the message built from the
+// returned row (or, if the primary key itself differs, deletes it and
+// writes a new one), so the message is always the one the two statements
+// would have written; the model's Correlation and Meta hooks are then
+// called twice. A model whose rows differ from the prediction more than
+// now and then goes back to two statements (predictStats).
+
+// predictStats counts one model's one-statement inserts and mispredictions.
+type predictStats struct{ tries, misses atomic.Int64 }
+
+// worth reports whether predicting is still worth it: at most a few
+// mispredictions, or at most one in ten.
+func (s *predictStats) worth() bool {
+	misses := s.misses.Load()
+	return misses <= 4 || misses*10 <= s.tries.Load()
+}
+
+// insertOne is Insert's one-statement path (see above). done is false when
+// it does not apply and nothing was written: the caller takes the
+// two-statement path. insert is the INSERT of the row (with ? marks) and
+// args its arguments.
+func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterModel, t *tableSQL,
+	values map[string]any, insert string, args []any, now any) (pk any, done bool, err error) {
+	if m.d.Name() != dialect.Postgres || len(values) != len(mm.Fields) || values[mm.PK] == nil ||
+		!m.produces(mm) || mm.Serialize != nil || mm.IsSyncInstance != nil {
+		return nil, false, nil
+	}
+	statsAny, _ := m.predict.LoadOrStore(mm.CQRSID, &predictStats{})
+	stats := statsAny.(*predictStats)
+	if !stats.worth() {
+		return nil, false, nil
+	}
+	vals := make([]any, len(mm.Fields)+2)
+	vals[0], vals[1] = int64(0), now
+	for i, f := range mm.Fields {
+		v, ok := values[f.Name]
+		if !ok {
+			return nil, false, nil
+		}
+		if vals[i+2], err = m.bindValue(f.Kind, v); err != nil {
+			return nil, false, nil
+		}
+	}
+	predicted, err := rowFields(mm, vals)
+	if err != nil {
+		return nil, false, nil
+	}
+	pk = rowPK(mm, predicted)
+
+	st := m.state(tx)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	key := entityKey(mm.CQRSID, pk)
+	if p := st.entities[key]; p != nil && !p.deleted {
+		return nil, false, nil // written in this transaction already: two statements
+	}
+	msg, ok, err := m.saveMessage(ctx, tx, mm, pk, &pending{created: true, bumped: true}, predicted)
+	if err != nil || !ok {
+		return nil, false, nil
+	}
+	oq, oargs, err := outbox.InsertStatement(m.d, msg, len(args)+1, outbox.WithTable(m.outboxTable))
+	if err != nil {
+		return nil, false, nil
+	}
+	q := "WITH gocqrs_row AS (" + m.d.Rebind(insert+" RETURNING "+t.selectList()) + "), gocqrs_message AS (" + oq +
+		") SELECT gocqrs_row.*, gocqrs_message.id FROM gocqrs_row, gocqrs_message"
+	actual, id, err := queryRowAndID(ctx, tx, mm, q, append(args, oargs...))
+	if err != nil {
+		return nil, true, fmt.Errorf("master: insert %s: %w", mm.CQRSID, err)
+	}
+	stats.tries.Add(1)
+
+	p := st.entities[key]
+	if !sameRow(predicted, actual) {
+		stats.misses.Add(1)
+		m.log.Debug("master: the stored row differs from the one predicted; the message is rewritten",
+			"cqrs_id", mm.CQRSID, "pk", pkString(pk))
+		realPK := rowPK(mm, actual)
+		if realKey := entityKey(mm.CQRSID, realPK); realKey != key {
+			// Another entity than the one written to the outbox row.
+			if err := outbox.Delete(ctx, tx, m.d, id, outbox.WithTable(m.outboxTable)); err != nil {
+				return nil, true, fmt.Errorf("master: insert %s: %w", mm.CQRSID, err)
+			}
+			p = st.entities[realKey]
+			if p == nil {
+				p = &pending{}
+				st.entities[realKey] = p
+			}
+			if p.deleted {
+				p.outboxID, p.oldTracked = 0, nil
+			}
+			p.created, p.bumped, p.deleted = true, true, false
+			return realPK, true, m.emitSave(ctx, tx, mm, realPK, p, actual)
+		}
+		if msg, _, err = m.saveMessage(ctx, tx, mm, pk, &pending{created: true, bumped: true}, actual); err != nil {
+			return nil, true, err
+		}
+		if err := m.replace(ctx, tx, id, msg); err != nil {
+			return nil, true, err
+		}
+	}
+	if p == nil {
+		p = &pending{}
+		st.entities[key] = p
+	}
+	p.oldTracked = nil // a DELETE earlier in this tx keeps its own row
+	p.outboxID = id
+	p.created, p.bumped, p.deleted = true, true, false
+	return pk, true, nil
+}
+
+// rowPK is the primary key of a serialised row, as Insert returns it.
+func rowPK(mm *registry.MasterModel, row *wire.Fields) any {
+	pk, _ := row.Get(mm.PK)
+	if n, ok := pk.(json.Number); ok {
+		if i, err := n.Int64(); err == nil {
+			return i
+		}
+	}
+	if b, ok := pk.([]byte); ok {
+		return string(b)
+	}
+	return pk
+}
+
+// queryRowAndID runs q, which returns one row in tableSQL.selectList order
+// followed by an outbox id, and returns the row serialised and the id.
+func queryRowAndID(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterModel, q string, args []any) (*wire.Fields, int64, error) {
+	rs, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rs.Close()
+	n := len(mm.Fields) + 2
+	vals := make([]any, n)
+	ptrs := make([]any, n+1)
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	var id int64
+	ptrs[n] = &id
+	if !rs.Next() {
+		if err := rs.Err(); err != nil {
+			return nil, 0, err
+		}
+		return nil, 0, fmt.Errorf("no row returned")
+	}
+	if err := rs.Scan(ptrs...); err != nil {
+		return nil, 0, err
+	}
+	if rs.Next() {
+		return nil, 0, fmt.Errorf("more than one row returned")
+	}
+	if err := rs.Err(); err != nil {
+		return nil, 0, err
+	}
+	row, err := rowFields(mm, vals)
+	return row, id, err
+}
+
+// sameRow reports whether two serialised rows are the same on the wire.
+func sameRow(a, b *wire.Fields) bool {
+	ka, kb := a.Keys(), b.Keys()
+	if strings.Join(ka, "\x00") != strings.Join(kb, "\x00") {
+		return false
+	}
+	for _, k := range ka {
+		va, _ := a.Get(k)
+		vb, _ := b.Get(k)
+		if !sameValue(va, vb) {
+			return false
+		}
+	}
+	return true
+}
