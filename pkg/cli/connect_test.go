@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,24 +15,6 @@ import (
 	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/cqrs"
 )
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // gate listens on a free port and, until opened, drops every connection at
 // once (a broker that is down); once opened it forwards to target (the real
@@ -105,7 +85,7 @@ func TestConnectTransportWaitsForTheBroker(t *testing.T) {
 	g := newGate(t, "")
 	u, host := amqpBehind(t, g.ln.Addr().String())
 	g.target = host
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	cfg := &cqrs.Config{Transport: "rabbitmq", URL: u, Exchange: testenv.Name("connect_x")}
 	type result struct {
@@ -147,7 +127,7 @@ func TestConnectTransportStopsOnCancel(t *testing.T) {
 	t.Parallel()
 	g := newGate(t, "")
 	u, _ := amqpBehind(t, g.ln.Addr().String())
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -179,7 +159,7 @@ func TestConnectTransportRefusedCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.User = url.UserPassword("gocqrs_no_such_user", "wrong")
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err = connectTransport(ctx, &cqrs.Config{Transport: "rabbitmq", URL: u.String()}, slog.New(slog.NewTextHandler(logs, nil)))

@@ -1,7 +1,6 @@
 package transports_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -9,9 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
+	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
@@ -31,24 +30,6 @@ func TestRedactURL(t *testing.T) {
 			t.Errorf("RedactURL(%q) = %q, want %q", c.in, got, c.want)
 		}
 	}
-}
-
-// syncBuffer is a log sink safe for concurrent handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Bad URLs, unreachable brokers and refused credentials give errors that
@@ -77,7 +58,7 @@ func TestRabbitMQErrorsHideCredentials(t *testing.T) {
 		{"http://u:" + secret + "@127.0.0.1/", "url"},
 		{"amqp://u:" + secret + "@127.0.0.1/?certfile=/x.pem", "tls block"},
 	} {
-		var logs syncBuffer
+		var logs testenv.SyncBuffer
 		logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		r, err := transports.NewRabbitMQ(context.Background(), transports.Config{URL: c.url}, logger)
 		if err == nil {
@@ -106,7 +87,7 @@ func TestRabbitMQLogsHideCredentials(t *testing.T) {
 	if !hasPW || pw == "" {
 		t.Skipf("%s has no password to hide", transports.RedactURL(base))
 	}
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := newScratch(t)
 	r, err := transports.NewRabbitMQ(context.Background(), transports.Config{URL: base, Exchange: s.exchange}, logger)
