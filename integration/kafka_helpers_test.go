@@ -177,6 +177,35 @@ func (r *recordingApplier) Apply(ctx context.Context, d replica.Delivery) (repli
 	return r.inner.Apply(ctx, d)
 }
 
+// batchRecordingApplier is a recordingApplier whose inner applier also
+// applies batches; it records the largest batch.
+type batchRecordingApplier struct {
+	*recordingApplier
+	largest int
+}
+
+// ApplyBatch records dls in order, then applies them as one batch.
+func (r *batchRecordingApplier) ApplyBatch(ctx context.Context, dls []replica.Delivery) ([]replica.Result, []error, error) {
+	r.mu.Lock()
+	r.largest = max(r.largest, len(dls))
+	for _, d := range dls {
+		if rev, ok := d.Payload.Revision(); ok {
+			pk := fmt.Sprint(d.Payload.InstancePK)
+			r.revs[pk] = append(r.revs[pk], rev)
+			r.calls++
+		}
+	}
+	r.mu.Unlock()
+	return r.inner.(consumer.BatchApplier).ApplyBatch(ctx, dls)
+}
+
+// largestBatch returns the size of the largest batch applied.
+func (r *batchRecordingApplier) largestBatch() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.largest
+}
+
 // outOfOrder returns a description of the first entity whose revisions
 // went down ("" when none did). Repeats (redeliveries) are in order.
 func (r *recordingApplier) outOfOrder() string {

@@ -19,45 +19,61 @@ import (
 )
 
 // TestKafkaEndToEnd replicates a PostgreSQL master to a PostgreSQL replica
-// through Kafka (8 partitions, 4 workers): the replica ends equal to the
-// master, and every entity's revisions reached the replica engine in order.
+// through Kafka (8 partitions, 4 workers), one message per replica
+// transaction and in batches (detached messages): the replica ends equal to
+// the master, and every entity's revisions reached the replica engine in
+// order.
 func TestKafkaEndToEnd(t *testing.T) {
 	t.Parallel()
-	e := newKafkaE2E(t, transports.KafkaConfig{Partitions: 8, Workers: 4})
-	rec := newRecordingApplier(e.eng)
-	c := e.startKafkaConsumer(e.tr, rec, consumer.Options{})
-	e.startRelay("kafka-e2e-relay")
-	committed, _ := e.workload(3, 120, 11)
-	if committed == 0 {
-		t.Fatal("the workload committed nothing")
-	}
-	e.waitEqual(60 * time.Second)
-	if msg := rec.outOfOrder(); msg != "" {
-		t.Fatal(msg)
-	}
-	entities, calls := rec.entities()
-	if entities < 50 || calls < entities {
-		t.Fatalf("only %d entities in %d deliveries", entities, calls)
-	}
-	st := c.Stats()
-	t.Logf("%d entities, %d deliveries; consumer stats %+v", entities, calls, st)
-	if n := st.Outcomes[replica.OutcomeSkippedStale]; n != 0 {
-		t.Fatalf("%d stale (out of order) messages; stats %+v", n, st)
-	}
-	if st.Requeued != 0 || st.DeadLettered != 0 || st.Nacked != 0 {
-		t.Fatalf("healthy run requeued, dead-lettered or nacked: %+v", st)
+	for _, batch := range []int{1, 50} {
+		t.Run(fmt.Sprintf("batch %d", batch), func(t *testing.T) {
+			t.Parallel()
+			e := newKafkaE2E(t, transports.KafkaConfig{Partitions: 8, Workers: 4})
+			rec := &batchRecordingApplier{recordingApplier: newRecordingApplier(e.eng)}
+			var ap consumer.Applier = rec.recordingApplier
+			if batch > 1 {
+				ap = rec
+			}
+			c := e.startKafkaConsumer(e.tr, ap, consumer.Options{BatchSize: batch})
+			e.startRelay(fmt.Sprintf("kafka-e2e-relay-%d", batch))
+			committed, _ := e.workload(3, 120, 11)
+			if committed == 0 {
+				t.Fatal("the workload committed nothing")
+			}
+			e.waitEqual(60 * time.Second)
+			if msg := rec.outOfOrder(); msg != "" {
+				t.Fatal(msg)
+			}
+			entities, calls := rec.entities()
+			if entities < 50 || calls < entities {
+				t.Fatalf("only %d entities in %d deliveries", entities, calls)
+			}
+			st := c.Stats()
+			t.Logf("%d entities, %d deliveries, largest batch %d; consumer stats %+v", entities, calls, rec.largestBatch(), st)
+			if n := st.Outcomes[replica.OutcomeSkippedStale]; n != 0 {
+				t.Fatalf("%d stale (out of order) messages; stats %+v", n, st)
+			}
+			if st.Requeued != 0 || st.DeadLettered != 0 || st.Nacked != 0 {
+				t.Fatalf("healthy run requeued, dead-lettered or nacked: %+v", st)
+			}
+			if batch > 1 && rec.largestBatch() < 2 {
+				t.Fatalf("batch size %d: no batch held more than one message (messages not detached?)", batch)
+			}
+		})
 	}
 }
 
 // TestKafkaConsumerRestartResumes stops the consumer mid-stream, lets the
 // master write more while none runs, and starts another one (a new process:
 // its own transport, same group): it resumes from the committed offsets,
-// loses nothing, and does not read the topics again from the start.
+// loses nothing, and does not read the topics again from the start. The
+// first consumer applies batches (its messages are detached), the second
+// one message at a time.
 func TestKafkaConsumerRestartResumes(t *testing.T) {
 	t.Parallel()
 	e := newKafkaE2E(t, transports.KafkaConfig{Partitions: 8, Workers: 4})
 	relay := e.startRelay("kafka-restart-relay")
-	c1 := e.startKafkaConsumer(e.tr, e.eng, consumer.Options{})
+	c1 := e.startKafkaConsumer(e.tr, e.eng, consumer.Options{BatchSize: 20})
 
 	e.workload(3, 60, 21)
 	testenv.WaitFor(t, 60*time.Second, "first consumer finished 100 messages", func() bool { return c1.Stats().Done() >= 100 })

@@ -188,8 +188,8 @@ func dbName(o Options) string {
 func (r *Report) Print(w io.Writer) {
 	o := r.Options
 	fmt.Fprintf(w, "gocqrs bench: %s transport, %s on both sides, %d rows, median of %d run(s)\n\n", transportName(o), dbName(o), o.Rows, o.Runs)
-	if o.Transport == "kafka" {
-		fmt.Fprintf(w, "%s\n\n", kafkaNote(o))
+	if note := kafkaNote(o); o.Transport == "kafka" && note != "" {
+		fmt.Fprintf(w, "%s\n\n", note)
 	}
 	fmt.Fprintf(w, "%-44s %14s  %-28s %s\n", "measure", "median", "runs", "vs baseline / goal")
 	fmt.Fprintln(w, strings.Repeat("-", 120))

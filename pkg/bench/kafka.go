@@ -16,17 +16,14 @@ import (
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
-// kafkaNote is printed with every kafka report: the figures are not those
-// of batched apply, and kfake is not a real Kafka.
+// kafkaNote is printed with every kafka report that uses kfake, which is
+// not a real Kafka.
 func kafkaNote(o Options) string {
-	s := "note: Kafka cannot detach a delivered message (offsets commit in partition order), so the replica\n" +
-		"      applies one message per transaction there (--batch has no effect), up to one message per\n" +
-		"      partition at a time; the apply and drain figures are those of that path, not of batched apply."
-	if len(o.KafkaBrokers) == 0 {
-		s += "\n      The broker is kfake (github.com/twmb/franz-go/pkg/kfake), in memory and in this process:\n" +
-			"      it shares the process's CPU and says nothing of a real Kafka's disk and network costs."
+	if len(o.KafkaBrokers) > 0 {
+		return ""
 	}
-	return s
+	return "note: the broker is kfake (github.com/twmb/franz-go/pkg/kfake), in memory and in this process:\n" +
+		"      it shares the process's CPU and says nothing of a real Kafka's disk and network costs."
 }
 
 // kafkaBench is one run's Kafka: the brokers, and the topic prefix that

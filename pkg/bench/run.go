@@ -301,9 +301,6 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	}
 	rep.figure(fRawUpsert, "rows/s").Runs = append(rep.figure(fRawUpsert, "rows/s").Runs, rate)
 	fmt.Fprintln(p, "  replica apply: consuming the queue")
-	if o.Transport == transports.KafkaName {
-		fmt.Fprintln(p, "    (Kafka cannot detach: one message per transaction, one per partition at a time)")
-	}
 	rec := newRecorder(e.eng)
 	endPhase = o.Phase("apply")
 	stopConsumer, cons, err := e.startConsumer(ctx, rec)

@@ -23,8 +23,7 @@ row-by-row comparison of master and replica. Fresh tables (PostgreSQL
 schemas, or SQLite files when --postgres is empty) and fresh broker queues
 (kafka: topics under a fresh prefix) are made for each run and removed after
 it. --transport kafka without --brokers starts an in-process Kafka (kfake)
-for each run. Kafka cannot detach messages, so its replica applies one
-message per transaction (--batch has no effect there).`)
+for each run.`)
 	transport := fs.String("transport", "memory", "memory, rabbitmq or kafka")
 	amqpURL := fs.String("url", env.Getenv("CQRS_URL"), "RabbitMQ URL for --transport rabbitmq (default $CQRS_URL)")
 	brokers := fs.String("brokers", "", "Kafka brokers host:port,... for --transport kafka (default: an in-process kfake cluster)")

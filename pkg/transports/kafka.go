@@ -43,17 +43,20 @@ var ErrKafkaClosed = errors.New("kafka transport: closed")
 //     its dead-letter topics by the group named after its dead-letter queue.
 //     A new group starts at the oldest message (KafkaConfig.InitialOffset).
 //   - Delivery: each partition delivers one message at a time and the next
-//     only after an Ack; partitions (and topics) are consumed in parallel,
-//     up to KafkaConfig.Workers messages at once. An Ack commits the offset
-//     (asynchronously, at the latest when the subscription ends); a Nack
-//     delivers the same message again after a short delay, so a message that
-//     is never acked holds its partition. The replica consumer acks failed
-//     messages after publishing a retry copy or a dead letter, so a failing
-//     message does not hold its partition beyond its retry delay.
-//   - No detach: offsets commit in partition order, so a message cannot be
-//     held aside while the ones behind it are acked (their commit would
-//     commit it too). Delivered messages carry no [DetachFunc]; a consumer
-//     holds a failed message for its retry delay in place.
+//     after an Ack or a detach; partitions (and topics) are consumed in
+//     parallel, up to KafkaConfig.Workers messages at once. A Nack delivers
+//     the same message again after a short delay, so a message that is
+//     neither acked nor detached holds its partition.
+//   - Detach: every delivered message carries a [DetachFunc] (see
+//     [Detach]). A detached message lets the next one of its partition
+//     through; its Settle(true) settles it, Settle(false) delivers it again
+//     behind the messages already delivered. The committed offset of a
+//     partition stays below its lowest delivered message not settled yet
+//     (acked, or detached and settled with ack), so a crash or a rebalance
+//     delivers again every message not settled, never skips one. Offsets
+//     are committed asynchronously, at the latest when the subscription or
+//     the partition's claim ends; a Settle after that does nothing (the
+//     message is delivered again to the partition's next owner).
 //   - Expiration: Kafka has no per-message TTL. The [MetaExpiration]
 //     metadata of dead letters travels as a header; the topic's retention
 //     decides how long they stay.
@@ -64,7 +67,8 @@ type Kafka struct {
 	log   *slog.Logger
 	wmLog watermill.LoggerAdapter
 	marsh kafkaMarshaler
-	sem   chan struct{} // nil: no cap on messages in hand
+	det   *kafkaDetacher // the subscribers' unmarshaler and handler wrapper
+	sem   chan struct{}  // nil: no cap on messages in hand
 	// closing is closed by Close; it frees limit's goroutines.
 	closing chan struct{}
 
@@ -114,6 +118,7 @@ func NewKafka(ctx context.Context, cfg Config, logger *slog.Logger) (*Kafka, err
 	if set.workers > 0 {
 		k.sem = make(chan struct{}, set.workers)
 	}
+	k.det = newKafkaDetacher(k.marsh, set.sarama().Consumer.Offsets.AutoCommit.Enable)
 	k.pub, err = newKafkaPublisher(set.brokers, set.sarama(), k.marsh, logger)
 	if err != nil {
 		return nil, fmt.Errorf("transports: kafka: connect producer to %v: %w", set.brokers, err)
@@ -292,10 +297,7 @@ func (k *Kafka) Subscribe(ctx context.Context, topic string) (<-chan *message.Me
 		return nil, fmt.Errorf("transports: kafka: subscribe to %q as group %q: %w", t, group, err)
 	}
 	k.log.Debug("kafka subscription started", "topic", t, "consumer_group", group)
-	if k.sem == nil {
-		return ch, nil
-	}
-	return k.limit(ctx, ch), nil
+	return k.deliver(ctx, ch), nil
 }
 
 // subscriberLocked returns the watermill-kafka subscriber of group, creating
@@ -306,10 +308,13 @@ func (k *Kafka) subscriberLocked(group string) (*kafka.Subscriber, error) {
 	}
 	s, err := kafka.NewSubscriber(kafka.SubscriberConfig{
 		Brokers:               k.set.brokers,
-		Unmarshaler:           k.marsh,
+		Unmarshaler:           k.det,
 		OverwriteSaramaConfig: k.set.sarama(),
 		ConsumerGroup:         group,
 		NackResendSleep:       DefaultKafkaNackResendDelay,
+		// Not a tracer: the hook wraps the consumer-group handler so that
+		// messages can be detached (kafka_detach.go).
+		Tracer: k.det,
 	}, k.wmLog.With(watermill.LogFields{"consumer_group": group}))
 	if err != nil {
 		return nil, fmt.Errorf("consumer group %q: %w", group, err)
@@ -318,13 +323,23 @@ func (k *Kafka) subscriberLocked(group string) (*kafka.Subscriber, error) {
 	return s, nil
 }
 
-// limit hands in's messages on while fewer than Workers are unacked over the
-// whole transport.
-func (k *Kafka) limit(ctx context.Context, in <-chan *message.Message) <-chan *message.Message {
+// deliver hands in's messages on, detachable (see kafka_detach.go), while
+// fewer than Workers are unacked over the whole transport (a detached
+// message counts as acked).
+func (k *Kafka) deliver(ctx context.Context, in <-chan *message.Message) <-chan *message.Message {
 	out := make(chan *message.Message)
 	go func() {
 		defer close(out)
 		for msg := range in {
+			msg = k.det.detachable(msg)
+			if k.sem == nil {
+				select {
+				case out <- msg:
+				case <-ctx.Done():
+				case <-k.closing:
+				}
+				continue
+			}
 			// A message not handed out is left unacked: the subscriber
 			// drops it when ctx ends and Kafka delivers it again later.
 			select {

@@ -22,7 +22,10 @@
 //     races while reconnecting) and cannot fail fast while disconnected.
 //   - "kafka": watermill-kafka v3 over Sarama ([Kafka]): topic = routing
 //     key (plus an optional prefix), record key = entity key so that one
-//     entity keeps one partition, consumer group = replica queue.
+//     entity keeps one partition, consumer group = replica queue. Its
+//     subscriber's handler and unmarshaler are wrapped so that a message
+//     can be detached: a partition's committed offset stays below its
+//     lowest message not settled (kafka_detach.go).
 package transports
 
 import (

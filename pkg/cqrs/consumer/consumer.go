@@ -56,7 +56,7 @@
 // # Batches
 //
 // With Options.BatchSize > 1 and a transport that supports
-// [transports.Detach] (memory, RabbitMQ), each handler detaches its message
+// [transports.Detach] (memory, RabbitMQ, Kafka), each handler detaches its message
 // and hands it to a collector, so the subscription goes on with the next
 // one. The collector applies up to BatchSize messages, or what arrived
 // within BatchWait of the oldest, in one replica transaction
@@ -73,7 +73,7 @@
 // applied meanwhile). On shutdown the collected
 // messages are applied and settled before the subscriptions end, and
 // messages delivered meanwhile are handed back to the broker: nothing is
-// lost. A transport that cannot detach (Kafka) gets one message at a time.
+// lost. A transport that cannot detach gets one message at a time.
 package consumer
 
 import (

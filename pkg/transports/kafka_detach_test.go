@@ -1,0 +1,117 @@
+package transports_test
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/gocqrs/gocqrs/pkg/transports"
+)
+
+// kafkaDetach detaches m, failing the test when the transport cannot.
+func kafkaDetach(t *testing.T, m *message.Message) transports.Settle {
+	t.Helper()
+	settle, ok, err := transports.Detach(m)
+	if err != nil || !ok {
+		t.Fatalf("detach %q: ok %v, error %v", m.Payload, ok, err)
+	}
+	return settle
+}
+
+// TestKafkaDetach: a detached message lets the next one of its partition
+// through; a detached message handed back (Settle(false)) is delivered
+// again behind the ones already delivered; the committed offset never
+// passes a detached message that is not settled, so after a restart the
+// group gets every message from there again, and once all are settled
+// (in any order) the offset passes them all.
+func TestKafkaDetach(t *testing.T) {
+	t.Parallel()
+	c := newKafkaCluster(t)
+	cfg := transports.KafkaConfig{Partitions: 1, ConsumerGroup: "detach"}
+	k1 := newKafka(t, c, cfg)
+	for i := range 6 {
+		kafkaPublish(t, k1, "d", []byte(strconv.Itoa(i)), nil)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := k1.Subscribe(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect := func(ch <-chan *message.Message, want string) *message.Message {
+		t.Helper()
+		m := kafkaReceive(t, ch)
+		if string(m.Payload) != want {
+			t.Fatalf("got %q, want %q", m.Payload, want)
+		}
+		return m
+	}
+
+	m0 := expect(ch, "0")
+	settle0 := kafkaDetach(t, m0)
+	if _, _, err := transports.Detach(m0); err == nil || !strings.Contains(err.Error(), "already detached") {
+		t.Fatalf("second detach of one message: %v, want an \"already detached\" error", err)
+	}
+	m0.Nack() // the router's nack after a detach reaches nothing
+	expect(ch, "1").Ack()
+	m2 := expect(ch, "2")
+	settle2 := kafkaDetach(t, m2)
+	expect(ch, "3").Ack()
+	if err := settle2(false); err != nil {
+		t.Fatal(err)
+	}
+	// "2" comes again, behind what was already handed to the subscriber.
+	var order []string
+	for {
+		m := kafkaReceive(t, ch)
+		order = append(order, string(m.Payload))
+		if string(m.Payload) == "2" {
+			if err := kafkaDetach(t, m)(true); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			m.Ack()
+		}
+		if len(order) == 3 {
+			break
+		}
+	}
+	if got := strings.Join(slices.Sorted(slices.Values(order)), ","); got != "2,4,5" {
+		t.Fatalf("after handing back 2, deliveries %v, want 2, 4 and 5 once each", order)
+	}
+	if err := k1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a := kafkaAdmin(t, c)
+	if off := kafkaCommitted(t, a, "detach", "d", 0); off > 0 {
+		t.Fatalf("committed offset %d while message 0 was detached and not settled, want none or 0", off)
+	}
+	if err := settle0(true); err != nil {
+		t.Fatalf("settle after the transport closed: %v, want nil (it does nothing)", err)
+	}
+
+	k2 := newKafka(t, c, cfg)
+	ch2, err := k2.Subscribe(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var settles []transports.Settle
+	for i := range 6 {
+		settles = append(settles, kafkaDetach(t, expect(ch2, strconv.Itoa(i))))
+	}
+	for i := len(settles) - 1; i >= 0; i-- {
+		if err := settles[i](true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := k2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if off := kafkaCommitted(t, a, "detach", "d", 0); off != 6 {
+		t.Fatalf("committed offset %d after settling all 6 messages in reverse order, want 6", off)
+	}
+}
