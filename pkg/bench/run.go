@@ -282,7 +282,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		return err
 	}
 	endPhase = o.Phase("relay")
-	dur, err := timeIt(func() error { return drainOutbox(ctx, relay) })
+	dur, err := timeIt(func() error { return e.drainOutbox(ctx, relay, o.Rows) })
 	endPhase()
 	if err != nil {
 		return err
@@ -505,16 +505,29 @@ func (e *env) prefillUpdates(ctx context.Context, n int) error {
 	return nil
 }
 
-func drainOutbox(ctx context.Context, r *outbox.Relay) error {
-	for {
-		n, err := r.RunOnce(ctx)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return nil
-		}
+// drainOutbox runs r as `cqrs relay` does (Relay.Run: claims, publishing
+// and deletes overlap) until it published n rows and the outbox is empty.
+func (e *env) drainOutbox(ctx context.Context, r *outbox.Relay, n int) error {
+	rctx, stop := context.WithCancel(ctx)
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Run(rctx) }()
+	published := func() bool { return r.Stats().Published >= int64(n) }
+	err := waitFor(ctx, 10*time.Minute, published)
+	if err == nil {
+		err = waitFor(ctx, time.Minute, func() bool {
+			left, _, perr := outbox.Pending(ctx, e.mdb, e.d)
+			return perr == nil && left == 0
+		})
 	}
+	stop()
+	if rerr := <-stopped; rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		st := r.Stats()
+		return fmt.Errorf("relay published %d of %d rows (errors %d, last %v): %w", st.Published, n, st.Errors, st.LastError, err)
+	}
+	return nil
 }
 
 // rawUpsert is the database's limit: n rows in multi-row revision-guarded
