@@ -79,10 +79,10 @@ type KafkaConfig struct {
 	// starts: "oldest" (default) or "newest".
 	InitialOffset string `mapstructure:"initial_offset"`
 	// Workers caps how many delivered messages the transport's
-	// subscriptions hold at once (unacked), over all partitions and topics;
-	// 0 means no cap beyond one message per assigned partition. Each
-	// partition delivers one message at a time whatever the cap, so the
-	// order of each entity is kept.
+	// subscriptions hold at once (neither acked nor detached), over all
+	// partitions and topics; 0 means no cap beyond one message per assigned
+	// partition. Each partition delivers one message at a time whatever the
+	// cap, so the order of each entity is kept.
 	Workers int `mapstructure:"workers"`
 	// Version is the Kafka protocol version to speak ("2.8.0" by default;
 	// at least 0.11.0, which idempotent producing needs).

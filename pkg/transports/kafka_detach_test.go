@@ -6,9 +6,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
@@ -114,4 +116,77 @@ func TestKafkaDetach(t *testing.T) {
 	if off := kafkaCommitted(t, a, "detach", "d", 0); off != 6 {
 		t.Fatalf("committed offset %d after settling all 6 messages in reverse order, want 6", off)
 	}
+}
+
+// TestKafkaDetachRebalance: messages detached and never settled by a
+// member that loses their partitions in a rebalance are delivered again
+// (their offsets were not committed), and their late settles do nothing.
+func TestKafkaDetachRebalance(t *testing.T) {
+	t.Parallel()
+	c := newKafkaCluster(t)
+	cfg := transports.KafkaConfig{Partitions: 2, ConsumerGroup: "rebalance"}
+	k1 := newKafka(t, c, cfg)
+	const n = 20
+	for i := range n {
+		kafkaPublish(t, k1, "rb", []byte(strconv.Itoa(i)), map[string]string{transports.MetaEntityKey: "e:" + strconv.Itoa(i)})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch1, err := k1.Subscribe(ctx, "rb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// k1 alone holds both partitions: every message flows while held.
+	var held []transports.Settle
+	perPartition := map[int32]int{}
+	for range n {
+		m := kafkaReceive(t, ch1)
+		perPartition[kafkaDeliveryOf(t, m).partition]++
+		held = append(held, kafkaDetach(t, m))
+	}
+	if len(perPartition) != 2 {
+		t.Fatalf("messages on partitions %v, want both partitions used", perPartition)
+	}
+
+	// A second member joins: the partitions are shared out again and every
+	// message, none of them settled, is delivered again.
+	k2 := newKafka(t, c, cfg)
+	ch2, err := k2.Subscribe(ctx, "rb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	from := map[int]bool{}
+	for len(got) < n {
+		var m *message.Message
+		select {
+		case m = <-ch1:
+			from[1] = true
+		case m = <-ch2:
+			from[2] = true
+		case <-time.After(30 * time.Second):
+			t.Fatalf("after the rebalance %d of %d messages came again: %v", len(got), n, got)
+		}
+		got[string(m.Payload)]++
+		m.Ack()
+	}
+	if !from[2] {
+		t.Fatal("the second member got no message after the rebalance")
+	}
+	for _, settle := range held {
+		if err := settle(true); err != nil {
+			t.Fatalf("late settle: %v", err)
+		}
+	}
+	// Every message was acked after the rebalance: the group's offsets
+	// reach the end of both partitions (the late settles moved nothing).
+	a := kafkaAdmin(t, c)
+	testenv.WaitFor(t, 20*time.Second, "offsets committed past every message", func() bool {
+		for p, count := range perPartition {
+			if kafkaCommitted(t, a, "rebalance", "rb", p) != int64(count) {
+				return false
+			}
+		}
+		return true
+	})
 }
