@@ -76,6 +76,7 @@ type Master struct {
 
 	txs     sync.Map // weak.Pointer[sqlx.Tx] → *txState
 	predict sync.Map // cqrs_id → *predictStats (insert_pg.go)
+	tables  sync.Map // *registry.MasterModel → *tableSQL
 }
 
 // New binds the registry's master models to the tables of db (checking that

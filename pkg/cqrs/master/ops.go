@@ -66,7 +66,7 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		if !ok {
 			return nil, fmt.Errorf("master: insert %s: %q is not a field of the model (fields: %s)", cqrsID, n, fieldNames(mm))
 		}
-		qc, _ := m.d.Quote(f.ColumnName())
+		qc := t.byField[f.Name]
 		v, err := m.bindValue(f.Kind, values[n])
 		if err != nil {
 			return nil, fmt.Errorf("master: insert %s: field %q: %w", cqrsID, n, err)

@@ -21,12 +21,34 @@ import (
 // tableSQL holds the quoted identifiers of one master model.
 type tableSQL struct {
 	table, pk, rev, upd string
-	cols                []string // quoted, in field order
+	cols                []string          // quoted, in field order
+	byField             map[string]string // field name → quoted column
+	sel                 string            // selectList
+
+	// What the identifiers were built from: a registry bound again (New
+	// with the same registry) gives its models new field lists.
+	from       registry.MasterModel
+	fieldsHead *registry.Field
 }
 
+// current reports whether t was built from mm as it is now.
+func (t *tableSQL) current(mm *registry.MasterModel) bool {
+	head := (*registry.Field)(nil)
+	if len(mm.Fields) > 0 {
+		head = &mm.Fields[0]
+	}
+	return head == t.fieldsHead && len(mm.Fields) == len(t.from.Fields) && mm.Table == t.from.Table &&
+		mm.PK == t.from.PK && mm.RevisionColumn == t.from.RevisionColumn && mm.UpdatedColumn == t.from.UpdatedColumn
+}
+
+// quoted returns the quoted identifiers of mm's table, built on first use
+// and kept while the model's table, columns and field list stay the same.
 func (m *Master) quoted(mm *registry.MasterModel) (*tableSQL, error) {
+	if t, ok := m.tables.Load(mm); ok && t.(*tableSQL).current(mm) {
+		return t.(*tableSQL), nil
+	}
 	q := func(s string) (string, error) { return m.d.Quote(s) }
-	var t tableSQL
+	t := tableSQL{byField: make(map[string]string, len(mm.Fields))}
 	var err error
 	if t.table, err = q(mm.Table); err != nil {
 		return nil, err
@@ -43,6 +65,7 @@ func (m *Master) quoted(mm *registry.MasterModel) (*tableSQL, error) {
 			return nil, err
 		}
 		t.cols = append(t.cols, c)
+		t.byField[f.Name] = c
 		if f.Name == mm.PK {
 			t.pk = c
 		}
@@ -50,6 +73,12 @@ func (m *Master) quoted(mm *registry.MasterModel) (*tableSQL, error) {
 	if t.pk == "" {
 		return nil, fmt.Errorf("primary key %q is not among the fields", mm.PK)
 	}
+	t.sel = t.rev + ", " + t.upd + ", " + strings.Join(t.cols, ", ")
+	t.from = *mm
+	if len(mm.Fields) > 0 {
+		t.fieldsHead = &mm.Fields[0]
+	}
+	m.tables.Store(mm, &t)
 	return &t, nil
 }
 
@@ -96,9 +125,7 @@ func (m *Master) readRows(ctx context.Context, q sqlx.QueryerContext, mm *regist
 
 // selectList is the column list rows are read with: the sync columns, then
 // the fields in order.
-func (t *tableSQL) selectList() string {
-	return t.rev + ", " + t.upd + ", " + strings.Join(t.cols, ", ")
-}
+func (t *tableSQL) selectList() string { return t.sel }
 
 // scanRows serialises rows read with tableSQL.selectList, and closes them.
 func scanRows(rows *sql.Rows, mm *registry.MasterModel) ([]*wire.Fields, error) {

@@ -1,6 +1,11 @@
 package master
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
+)
 
 // The shortcut for decimals already at their scale gives what the exact
 // computation gives, and leaves every other form to it.
@@ -27,5 +32,39 @@ func TestQuantizedAlreadyMatchesExact(t *testing.T) {
 		if _, ok := quantizedAlready(c.s, c.scale); ok != c.want {
 			t.Errorf("quantizedAlready(%q, %d) took it: %v, want %v", c.s, c.scale, ok, c.want)
 		}
+	}
+}
+
+// The quoted identifiers of a model are built once and built again when
+// the model's table or field list changes (a registry bound again).
+func TestQuotedCachedWhileModelUnchanged(t *testing.T) {
+	d, err := dialect.For(string(dialect.Postgres))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &Master{d: d}
+	mm := &registry.MasterModel{CQRSID: "author", Table: "author", PK: "id", RevisionColumn: "cqrs_revision",
+		UpdatedColumn: "cqrs_updated", Fields: []registry.Field{{Name: "id"}, {Name: "name"}}}
+	first, err := m.quoted(mm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := m.quoted(mm); again != first {
+		t.Fatal("identifiers built again for an unchanged model")
+	}
+	if first.selectList() != `"cqrs_revision", "cqrs_updated", "id", "name"` || first.byField["name"] != `"name"` {
+		t.Fatalf("select list %q, name column %q", first.selectList(), first.byField["name"])
+	}
+	mm.Fields = []registry.Field{{Name: "id"}, {Name: "name"}, {Name: "rating"}}
+	rebound, err := m.quoted(mm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rebound == first || rebound.selectList() != `"cqrs_revision", "cqrs_updated", "id", "name", "rating"` {
+		t.Fatalf("after the field list changed: select list %q", rebound.selectList())
+	}
+	mm.Table = "writer"
+	if moved, _ := m.quoted(mm); moved.table != `"writer"` {
+		t.Fatalf("after the table changed: table %q", moved.table)
 	}
 }
