@@ -27,9 +27,10 @@ import (
 //
 // Detaching a message acks it towards watermill-kafka (which then delivers
 // the next record of the partition) while its claim keeps its offset
-// unsettled. Settle(true) settles it; Settle(false) hands the record to the
-// subscriber again, behind the records already delivered (as a RabbitMQ
-// requeue does). A settle that comes after its partition's claim ended
+// unsettled. Settle(true) settles it; Settle(false) hands a copy of the
+// record to the subscriber again, behind the records already delivered (as
+// a RabbitMQ requeue does); marks and settles that concern the earlier
+// delivery are then ignored, told apart by the record pointer. A settle that comes after its partition's claim ended
 // (rebalance, shutdown) does nothing: the offset was not committed, so the
 // record is delivered again to the partition's next owner, a duplicate the
 // replica's revision check absorbs.
@@ -144,7 +145,7 @@ func (h detachingHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim s
 		sess:      sess,
 		topic:     claim.Topic(),
 		partition: claim.Partition(),
-		state:     map[int64]offsetState{},
+		state:     map[int64]tracked{},
 		linked:    map[*message.Message]struct{}{},
 		again:     make(chan struct{}, 1),
 	}
@@ -180,7 +181,7 @@ type trackedSession struct {
 // MarkMessage settles rec (the subscriber marks a record once it is acked).
 func (s trackedSession) MarkMessage(rec *sarama.ConsumerMessage, _ string) {
 	if rec.Topic == s.c.topic && rec.Partition == s.c.partition {
-		s.c.acked(rec.Offset)
+		s.c.acked(rec)
 		return
 	}
 	s.ConsumerGroupSession.MarkMessage(rec, "")
@@ -188,6 +189,14 @@ func (s trackedSession) MarkMessage(rec *sarama.ConsumerMessage, _ string) {
 
 // offsetState is what became of a delivered record.
 type offsetState uint8
+
+// tracked is a delivered offset: its state and its current delivery (a
+// record handed back goes out again as a copy, so that the marks and
+// settles of the earlier delivery are told apart and ignored).
+type tracked struct {
+	st  offsetState
+	cur *sarama.ConsumerMessage
+}
 
 const (
 	delivered offsetState = iota // handed to the subscriber, not settled
@@ -205,7 +214,7 @@ type kafkaClaim struct {
 
 	mu     sync.Mutex
 	order  []int64 // delivered offsets, ascending, from the lowest not settled
-	state  map[int64]offsetState
+	state  map[int64]tracked
 	back   []*sarama.ConsumerMessage // handed back, to deliver again
 	again  chan struct{}             // signalled when back grows
 	ended  bool
@@ -229,7 +238,7 @@ func (c *kafkaClaim) feed(in <-chan *sarama.ConsumerMessage, out chan<- *sarama.
 				c.mu.Lock()
 				if _, seen := c.state[rec.Offset]; !seen {
 					c.order = append(c.order, rec.Offset)
-					c.state[rec.Offset] = delivered
+					c.state[rec.Offset] = tracked{st: delivered, cur: rec}
 				}
 				c.mu.Unlock()
 			case <-c.again:
@@ -271,19 +280,19 @@ func (c *kafkaClaim) detacher(msg *message.Message, rec *sarama.ConsumerMessage)
 		what := fmt.Sprintf("transports: kafka: detach message %s (topic %q, partition %d, offset %d)",
 			msg.UUID, rec.Topic, rec.Partition, rec.Offset)
 		c.mu.Lock()
-		st, ok := c.state[rec.Offset]
+		tr, ok := c.state[rec.Offset]
 		switch {
 		case c.ended:
 			c.mu.Unlock()
 			return nil, fmt.Errorf("%s: the partition's claim ended", what)
-		case !ok || st == settledOK:
+		case !ok || tr.cur != rec || tr.st == settledOK:
 			c.mu.Unlock()
 			return nil, fmt.Errorf("%s: already settled", what)
-		case st == detached:
+		case tr.st == detached:
 			c.mu.Unlock()
 			return nil, fmt.Errorf("%s: already detached", what)
 		}
-		c.state[rec.Offset] = detached
+		c.state[rec.Offset] = tracked{st: detached, cur: rec}
 		c.mu.Unlock()
 		// The subscriber takes the ack as its cue to deliver the next
 		// record; the mark it makes is ignored (the offset is detached).
@@ -296,12 +305,13 @@ func (c *kafkaClaim) detacher(msg *message.Message, rec *sarama.ConsumerMessage)
 	}
 }
 
-// acked settles offset off unless it is detached (its Settle decides).
-func (c *kafkaClaim) acked(off int64) {
+// acked settles rec's offset when rec is its current delivery and not
+// detached (a detached record's Settle decides).
+func (c *kafkaClaim) acked(rec *sarama.ConsumerMessage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if st, ok := c.state[off]; ok && st == delivered {
-		c.settleLocked(off)
+	if tr, ok := c.state[rec.Offset]; ok && tr.cur == rec && tr.st == delivered {
+		c.settleLocked(rec.Offset)
 	}
 }
 
@@ -313,15 +323,16 @@ func (c *kafkaClaim) settle(rec *sarama.ConsumerMessage, ack bool) {
 	if c.ended {
 		return
 	}
-	if st, ok := c.state[rec.Offset]; !ok || st != detached {
+	if tr, ok := c.state[rec.Offset]; !ok || tr.cur != rec || tr.st != detached {
 		return
 	}
 	if ack {
 		c.settleLocked(rec.Offset)
 		return
 	}
-	c.state[rec.Offset] = delivered
-	c.back = append(c.back, rec)
+	again := *rec
+	c.state[rec.Offset] = tracked{st: delivered, cur: &again}
+	c.back = append(c.back, &again)
 	select {
 	case c.again <- struct{}{}:
 	default:
@@ -332,9 +343,9 @@ func (c *kafkaClaim) settle(rec *sarama.ConsumerMessage, ack bool) {
 // delivered offsets, marks the next offset to consume on the session.
 // c.mu must be held.
 func (c *kafkaClaim) settleLocked(off int64) {
-	c.state[off] = settledOK
+	c.state[off] = tracked{st: settledOK}
 	n := 0
-	for n < len(c.order) && c.state[c.order[n]] == settledOK {
+	for n < len(c.order) && c.state[c.order[n]].st == settledOK {
 		delete(c.state, c.order[n])
 		n++
 	}
