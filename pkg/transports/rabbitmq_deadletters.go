@@ -173,7 +173,8 @@ func (q *QueueReader) Remove(m *QueuedMessage) error {
 }
 
 // Close hands every message still held back to the queue, at its place,
-// and closes the reader's channel. Close is idempotent.
+// and closes the reader's channel; it returns once they are back. Close is
+// idempotent.
 func (q *QueueReader) Close() error {
 	if q.ch == nil {
 		return nil
@@ -186,6 +187,12 @@ func (q *QueueReader) Close() error {
 		// with requeue: RabbitMQ puts them back where they were.
 		if nerr := ch.Nack(q.last, true, true); nerr != nil && !errors.Is(nerr, amqp.ErrClosed) {
 			err = fmt.Errorf("transports: rabbitmq: hand %d message(s) back to queue %q: %w", q.held, q.queue, nerr)
+		} else if nerr == nil {
+			// The broker requeues asynchronously. A passive declare on the
+			// same channel is answered by the queue after it handled the
+			// nack (one sender's messages arrive in order), so Close
+			// returns once the messages are back in the queue.
+			_, _ = ch.QueueDeclarePassive(q.queue, true, false, false, false, nil)
 		}
 		q.held = 0
 	}
