@@ -1,7 +1,6 @@
 package transports_test
 
 import (
-	"context"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,12 +37,7 @@ func TestKafkaDetach(t *testing.T) {
 	for i := range 6 {
 		kafkaPublish(t, k1, "d", []byte(strconv.Itoa(i)), nil)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch, err := k1.Subscribe(ctx, "d")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := kafkaSubscribe(t, k1, "d")
 	expect := func(ch <-chan *message.Message, want string) *message.Message {
 		t.Helper()
 		m := kafkaReceive(t, ch)
@@ -97,10 +91,7 @@ func TestKafkaDetach(t *testing.T) {
 	}
 
 	k2 := newKafka(t, c, cfg)
-	ch2, err := k2.Subscribe(ctx, "d")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch2 := kafkaSubscribe(t, k2, "d")
 	var settles []transports.Settle
 	for i := range 6 {
 		settles = append(settles, kafkaDetach(t, expect(ch2, strconv.Itoa(i))))
@@ -130,12 +121,7 @@ func TestKafkaDetachRebalance(t *testing.T) {
 	for i := range n {
 		kafkaPublish(t, k1, "rb", []byte(strconv.Itoa(i)), map[string]string{transports.MetaEntityKey: "e:" + strconv.Itoa(i)})
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch1, err := k1.Subscribe(ctx, "rb")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch1 := kafkaSubscribe(t, k1, "rb")
 	// k1 alone holds both partitions: every message flows while held.
 	var held []transports.Settle
 	perPartition := map[int32]int{}
@@ -151,10 +137,7 @@ func TestKafkaDetachRebalance(t *testing.T) {
 	// A second member joins: the partitions are shared out again and every
 	// message, none of them settled, is delivered again.
 	k2 := newKafka(t, c, cfg)
-	ch2, err := k2.Subscribe(ctx, "rb")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch2 := kafkaSubscribe(t, k2, "rb")
 	got := map[string]int{}
 	from := map[int]bool{}
 	for len(got) < n {

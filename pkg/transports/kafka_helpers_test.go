@@ -132,6 +132,16 @@ func kafkaPublish(t *testing.T, k *transports.Kafka, topic string, body []byte, 
 	return m
 }
 
+// kafkaSubscribe subscribes to routing key topic on k until the test ends.
+func kafkaSubscribe(t *testing.T, k *transports.Kafka, topic string) <-chan *message.Message {
+	t.Helper()
+	ch, err := k.Subscribe(t.Context(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
 // receive returns the next message of ch, or fails the test after 20 s.
 func kafkaReceive(t *testing.T, ch <-chan *message.Message) *message.Message {
 	t.Helper()

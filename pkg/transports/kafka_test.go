@@ -171,12 +171,7 @@ func TestKafkaRoundTrip(t *testing.T) {
 		}
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch, err := k.Subscribe(ctx, "author")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := kafkaSubscribe(t, k, "author")
 	murmur := sarama.NewMurmur2Partitioner("author")
 	lastRev := map[string]int{}
 	partOf := map[string]int32{}
@@ -231,12 +226,7 @@ func TestKafkaWorkersParallelPartitionsKeepEntityOrder(t *testing.T) {
 			kafkaPublish(t, k, "item", kafkaBody(t, "item", strconv.Itoa(e), rev), nil)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch, err := k.Subscribe(ctx, "item")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := kafkaSubscribe(t, k, "item")
 
 	var (
 		mu       sync.Mutex
@@ -318,12 +308,7 @@ func TestKafkaNackRedeliversAndAckMovesOn(t *testing.T) {
 	k := newKafka(t, c, transports.KafkaConfig{Partitions: 1, ConsumerGroup: "n"})
 	a := kafkaPublish(t, k, "t", []byte("a"), nil)
 	b := kafkaPublish(t, k, "t", []byte("b"), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch, err := k.Subscribe(ctx, "t")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := kafkaSubscribe(t, k, "t")
 	var got []string
 	for range 3 {
 		m := kafkaReceive(t, ch)
@@ -353,12 +338,7 @@ func TestKafkaResumesFromCommittedOffsets(t *testing.T) {
 	for i := range 10 {
 		kafkaPublish(t, k1, "r", []byte(strconv.Itoa(i)), nil)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch, err := k1.Subscribe(ctx, "r")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := kafkaSubscribe(t, k1, "r")
 	for i := range 5 {
 		m := kafkaReceive(t, ch)
 		if string(m.Payload) != strconv.Itoa(i) {
@@ -375,10 +355,7 @@ func TestKafkaResumesFromCommittedOffsets(t *testing.T) {
 	}
 
 	k2 := newKafka(t, c, cfg)
-	ch2, err := k2.Subscribe(ctx, "r")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch2 := kafkaSubscribe(t, k2, "r")
 	for i := 5; i < 10; i++ {
 		m := kafkaReceive(t, ch2)
 		if string(m.Payload) != strconv.Itoa(i) {
