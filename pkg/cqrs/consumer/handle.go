@@ -44,6 +44,9 @@ func (c *Consumer) process(ctx context.Context, sub transports.Subscription, msg
 	ctx = tracectx.FromHeaders(ctx, msg.Metadata.Get)
 	if tp := tracectx.Traceparent(ctx); tp != "" {
 		attrs = append(attrs, slog.String(tracectx.HeaderTraceparent, tp))
+		if ts := tracectx.Tracestate(ctx); ts != "" {
+			attrs = append(attrs, slog.String(tracectx.HeaderTracestate, ts))
+		}
 	}
 	if c.log.Enabled(ctx, slog.LevelDebug) {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "CQRS is received", attrs...)
@@ -303,9 +306,15 @@ func (a logAttrs) args(extra ...any) []any {
 }
 
 // traceparent returns the traceparent among the attributes, "" if none.
-func (a logAttrs) traceparent() string {
+func (a logAttrs) traceparent() string { return a.get(tracectx.HeaderTraceparent) }
+
+// tracestate returns the tracestate among the attributes, "" if none.
+func (a logAttrs) tracestate() string { return a.get(tracectx.HeaderTracestate) }
+
+// get returns the string value of the attribute key, "" if none.
+func (a logAttrs) get(key string) string {
 	for _, at := range a {
-		if at.Key == tracectx.HeaderTraceparent {
+		if at.Key == key {
 			return at.Value.String()
 		}
 	}

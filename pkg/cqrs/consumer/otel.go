@@ -32,7 +32,7 @@ func startBatchSpans(items []*batchItem) []trace.Span {
 		return spans
 	}
 	for i, it := range items {
-		ctx := tracectx.WithTraceparent(context.Background(), it.attrs.traceparent())
+		ctx := tracectx.WithTraceContext(context.Background(), it.attrs.traceparent(), it.attrs.tracestate())
 		_, spans[i] = startApplySpan(ctx, it.dl.Payload)
 	}
 	return spans

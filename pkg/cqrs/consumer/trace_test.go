@@ -15,11 +15,14 @@ import (
 	"github.com/gocqrs/gocqrs/pkg/tracectx"
 )
 
-// A delivered traceparent reaches the applier's context, and the requeue
-// copy and the dead letter carry it on.
+// A delivered traceparent and tracestate reach the applier's context, and
+// the requeue copy and the dead letter carry them on.
 func TestTraceparentFollowsRetries(t *testing.T) {
 	t.Parallel()
-	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	const (
+		tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+		ts = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+	)
 	mem := newMemory(t)
 	tr := &recorder{Transport: mem}
 	var (
@@ -28,7 +31,7 @@ func TestTraceparentFollowsRetries(t *testing.T) {
 	)
 	ap := &testApplier{fn: func(ctx context.Context, _ replica.Delivery) (replica.Result, error) {
 		mu.Lock()
-		seen = append(seen, tracectx.Traceparent(ctx))
+		seen = append(seen, tracectx.Traceparent(ctx)+" "+tracectx.Tracestate(ctx))
 		mu.Unlock()
 		return replica.Result{}, errFixture
 	}}
@@ -37,6 +40,7 @@ func TestTraceparentFollowsRetries(t *testing.T) {
 	start(t, c)
 	m := message.NewMessage(watermill.NewUUID(), encode(t, payload(wire.SignalSave, "author", 60, 0)))
 	m.Metadata.Set(tracectx.HeaderTraceparent, tp)
+	m.Metadata.Set(tracectx.HeaderTracestate, ts)
 	if err := tr.Publisher().Publish("author", m); err != nil {
 		t.Fatal(err)
 	}
@@ -49,13 +53,13 @@ func TestTraceparentFollowsRetries(t *testing.T) {
 		t.Fatalf("published %d messages, want 3: %+v", len(sent), sent)
 	}
 	for _, p := range sent[1:] {
-		if p.Metadata[tracectx.HeaderTraceparent] != tp {
-			t.Errorf("%s: metadata %v, want traceparent %s", p.Topic, p.Metadata, tp)
+		if p.Metadata[tracectx.HeaderTraceparent] != tp || p.Metadata[tracectx.HeaderTracestate] != ts {
+			t.Errorf("%s: metadata %v, want traceparent %s and tracestate %s", p.Topic, p.Metadata, tp, ts)
 		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(seen) != 2 || seen[0] != tp || seen[1] != tp {
-		t.Errorf("applier contexts carried %q, want the traceparent twice", seen)
+	if want := tp + " " + ts; len(seen) != 2 || seen[0] != want || seen[1] != want {
+		t.Errorf("applier contexts carried %q, want the trace context twice", seen)
 	}
 }
