@@ -69,7 +69,7 @@ type Kafka struct {
 	marsh kafkaMarshaler
 	det   *kafkaDetacher // the subscribers' unmarshaler and handler wrapper
 	sem   chan struct{}  // nil: no cap on messages in hand
-	// closing is closed by Close; it frees limit's goroutines.
+	// closing is closed by Close; it frees deliver's goroutines.
 	closing chan struct{}
 
 	pubMu     sync.RWMutex // Publish holds it shared, Close exclusively
