@@ -172,7 +172,7 @@ func (d *decoder) object() (any, error) {
 		return nil, d.errf("nesting deeper than %d levels", maxDepth)
 	}
 	d.pos++ // '{'
-	f := &Fields{m: make(map[string]any, 8)}
+	f := &Fields{m: make(map[string]any, 8), keys: make([]string, 0, 8)}
 	d.skipWS()
 	if d.pos < len(d.data) && d.data[d.pos] == '}' {
 		d.pos++
@@ -197,10 +197,11 @@ func (d *decoder) object() (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, dup := f.m[key]; !dup {
+		n := len(f.m)
+		f.m[key] = v
+		if len(f.m) != n { // not a duplicate key
 			f.keys = append(f.keys, key)
 		}
-		f.m[key] = v
 		d.skipWS()
 		if d.pos >= len(d.data) {
 			return nil, d.unexpected("',' or '}'")
