@@ -3,9 +3,12 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 )
@@ -111,8 +114,40 @@ func (r *Relay) claim(ctx context.Context) ([]claimedRow, error) {
 		}
 		return scanRows(rs)
 	default:
-		return r.claimMySQL(ctx)
+		var rows []claimedRow
+		err := r.retryDeadlock(ctx, func() (err error) {
+			rows, err = r.claimMySQL(ctx)
+			return err
+		})
+		return rows, err
 	}
+}
+
+// deadlockRetries is how many times a MySQL statement (or the claim's
+// transaction) that InnoDB rolled back as a deadlock victim is run again.
+// Relays sharing an outbox lock rows in their claims, deletes and releases
+// in orders InnoDB cannot always tell apart from a deadlock; the victim
+// changed nothing, so running it again is safe.
+const deadlockRetries = 3
+
+// retryDeadlock runs fn, and again up to deadlockRetries times while it
+// fails as a MySQL deadlock victim (error 1213).
+func (r *Relay) retryDeadlock(ctx context.Context, fn func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := fn()
+		if err == nil || r.d.Name() != dialect.MySQL || !isDeadlock(err) || attempt == deadlockRetries || ctx.Err() != nil {
+			return err
+		}
+		r.log.Debug("outbox: MySQL chose this statement as a deadlock victim; running it again",
+			"attempt", attempt+1, "error", err)
+	}
+}
+
+// isDeadlock reports whether err is MySQL's ER_LOCK_DEADLOCK: the statement
+// (and its transaction) was rolled back.
+func isDeadlock(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1213
 }
 
 func (r *Relay) claimMySQL(ctx context.Context) ([]claimedRow, error) {
@@ -197,7 +232,11 @@ func (r *Relay) execIDs(ctx context.Context, head string, args []any, ids []int6
 	for start := 0; start < len(ids); start += idChunk {
 		list, idArgs := inList(ids[start:min(start+idChunk, len(ids))])
 		all := append(append(make([]any, 0, len(args)+len(idArgs)), args...), idArgs...)
-		if _, err := r.db.ExecContext(ctx, r.d.Rebind(head+" AND id IN "+list), all...); err != nil {
+		q := r.d.Rebind(head + " AND id IN " + list)
+		if err := r.retryDeadlock(ctx, func() error {
+			_, err := r.db.ExecContext(ctx, q, all...)
+			return err
+		}); err != nil {
 			return err
 		}
 	}
