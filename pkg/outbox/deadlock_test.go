@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/gocqrs/gocqrs/internal/testenv"
 )
@@ -21,6 +22,8 @@ func TestIsDeadlock(t *testing.T) {
 		want bool
 	}{
 		{deadlock, true},
+		{&pgconn.PgError{Code: "40P01", Message: "deadlock detected"}, true},
+		{&pgconn.PgError{Code: "40001", Message: "could not serialize access"}, false},
 		{fmt.Errorf("outbox: claim batch: update: %w", deadlock), true},
 		{&mysql.MySQLError{Number: 1205, Message: "Lock wait timeout exceeded"}, false},
 		{errors.New("Error 1213: looks like one"), false},
@@ -32,20 +35,46 @@ func TestIsDeadlock(t *testing.T) {
 	}
 }
 
-// TestMySQLDeadlockVictimRunsAgain: a relay's delete that InnoDB picks as
-// the victim of a deadlock (against a heavier transaction that holds one of
-// its rows and then asks for another) is run again and deletes its rows; it
-// is not reported as a failure.
-func TestMySQLDeadlockVictimRunsAgain(t *testing.T) {
+// TestDeadlockVictimRunsAgain: a relay's delete that the database picks as
+// the victim of a deadlock (against a transaction that holds one of its rows
+// and then asks for another; on MySQL a heavier one, so that InnoDB picks
+// the delete) is run again and deletes its rows; it is not reported as a
+// failure.
+func TestDeadlockVictimRunsAgain(t *testing.T) {
 	t.Parallel()
+	for _, c := range []struct {
+		name string
+		open func(testing.TB) *testenv.DB
+		// blocked counts the relay's delete blocked on a row lock of the
+		// other transaction, whose backend or connection id otherID
+		// returns (MySQL's process list does not name the blocker: the
+		// statement of this test's database blocked for 200 ms; "? > 0"
+		// takes the id).
+		blocked string
+		otherID string
+	}{
+		{"mysql", testenv.MySQL, "SELECT COUNT(*) FROM information_schema.PROCESSLIST" +
+			" WHERE db = DATABASE() AND info LIKE 'DELETE FROM `cqrs_outbox`%' AND time_ms > 200 AND ? > 0",
+			"SELECT CONNECTION_ID()"},
+		{"postgres", testenv.Postgres, "SELECT COUNT(*) FROM pg_stat_activity" +
+			" WHERE $1 = ANY(pg_blocking_pids(pid)) AND query LIKE 'DELETE FROM %'",
+			"SELECT pg_backend_pid()"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			deadlockVictim(t, c.open(t), c.blocked, c.otherID)
+		})
+	}
+}
+
+func deadlockVictim(t *testing.T, db *testenv.DB, blocked, otherID string) {
 	ctx := context.Background()
-	db := testenv.MySQL(t)
 	migrated(t, db)
 	ids := insertCommitted(t, db.DB, db, []Message{msg("author", 1, 1), msg("author", 2, 1)})
 	logs := &testenv.SyncBuffer{}
 	r := newRelay(t, db.DB, db, noopPublisher{}, RelayOptions{
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	if _, err := db.Exec("UPDATE cqrs_outbox SET claimed_by = ?", r.OwnerID()); err != nil {
+	if _, err := db.Exec(db.Rebind("UPDATE cqrs_outbox SET claimed_by = ?"), r.OwnerID()); err != nil {
 		t.Fatal(err)
 	}
 
@@ -57,34 +86,36 @@ func TestMySQLDeadlockVictimRunsAgain(t *testing.T) {
 	}
 	defer other.Rollback() //nolint:errcheck // after commit: no-op
 	for i := range 100 {
-		if _, err := other.Exec("INSERT INTO cqrs_outbox (cqrs_id, entity_key, topic, body) VALUES ('x', ?, 'x', '{}')",
+		if _, err := other.Exec(db.Rebind("INSERT INTO cqrs_outbox (cqrs_id, entity_key, topic, body) VALUES ('x', ?, 'x', '{}')"),
 			fmt.Sprintf("x:%d", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := other.Exec("UPDATE cqrs_outbox SET attempts = attempts + 1 WHERE id = ?", ids[1]); err != nil {
+	var otherPID int64
+	if err := other.Get(&otherPID, otherID); err != nil {
+		t.Fatal(err)
+	}
+	lock := db.Rebind("UPDATE cqrs_outbox SET attempts = attempts + 1 WHERE id = ?")
+	if _, err := other.Exec(lock, ids[1]); err != nil {
 		t.Fatal(err)
 	}
 
 	// The relay's delete locks the first row and waits for the second.
 	done := make(chan error, 1)
 	go func() { done <- r.deleteRows(ctx, ids) }()
-	// InnoDB's lock-wait tables do not list it here (MariaDB 10.11); the
-	// process list shows the statement blocked.
-	testenv.WaitFor(t, 20*time.Second, "the relay's delete blocked for 200 ms", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the relay's delete blocked on the second row", func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("the relay's delete did not wait for the locked row: %v", err)
 		default:
 		}
 		var n int
-		err := db.Get(&n, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE info LIKE 'DELETE FROM `cqrs_outbox`%' AND time_ms > 200")
-		return err == nil && n > 0
+		return db.Get(&n, blocked, otherPID) == nil && n > 0
 	})
 	// Now the other transaction asks for the first row: a deadlock, whose
-	// victim is the lighter transaction, the relay's delete.
-	if _, err := other.Exec("UPDATE cqrs_outbox SET attempts = attempts + 1 WHERE id = ?", ids[0]); err != nil {
-		t.Fatalf("the heavier transaction was the victim (%v); the test needs the relay's delete to be", err)
+	// victim is the relay's delete.
+	if _, err := other.Exec(lock, ids[0]); err != nil {
+		t.Fatalf("the other transaction was the victim (%v); the test needs the relay's delete to be", err)
 	}
 	if err := other.Commit(); err != nil {
 		t.Fatal(err)
@@ -98,7 +129,7 @@ func TestMySQLDeadlockVictimRunsAgain(t *testing.T) {
 		t.Fatal("the relay's delete did not finish")
 	}
 	var left int
-	if err := db.Get(&left, "SELECT COUNT(*) FROM cqrs_outbox WHERE id IN (?, ?)", ids[0], ids[1]); err != nil {
+	if err := db.Get(&left, db.Rebind("SELECT COUNT(*) FROM cqrs_outbox WHERE id IN (?, ?)"), ids[0], ids[1]); err != nil {
 		t.Fatal(err)
 	}
 	if left != 0 {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 )
@@ -102,11 +103,16 @@ func (r *Relay) claim(ctx context.Context) ([]claimedRow, error) {
 	ttl := r.opts.ClaimTTL
 	switch r.d.Name() {
 	case dialect.Postgres:
-		rs, err := r.db.QueryContext(ctx, r.sql.claim, r.opts.OwnerID, ttl.Seconds(), r.opts.BatchSize)
-		if err != nil {
-			return nil, err
-		}
-		return scanRows(rs)
+		var rows []claimedRow
+		err := r.retryDeadlock(ctx, func() error {
+			rs, err := r.db.QueryContext(ctx, r.sql.claim, r.opts.OwnerID, ttl.Seconds(), r.opts.BatchSize)
+			if err != nil {
+				return err
+			}
+			rows, err = scanRows(rs)
+			return err
+		})
+		return rows, err
 	case dialect.SQLite:
 		rs, err := r.db.QueryContext(ctx, r.sql.claim, r.opts.OwnerID, fmt.Sprintf("%+.3f seconds", ttl.Seconds()), r.opts.BatchSize)
 		if err != nil {
@@ -123,31 +129,36 @@ func (r *Relay) claim(ctx context.Context) ([]claimedRow, error) {
 	}
 }
 
-// deadlockRetries is how many times a MySQL statement (or the claim's
-// transaction) that InnoDB rolled back as a deadlock victim is run again.
-// Relays sharing an outbox lock rows in their claims, deletes and releases
-// in orders InnoDB cannot always tell apart from a deadlock; the victim
+// deadlockRetries is how many times a statement (or MySQL's claim
+// transaction) that the database rolled back as a deadlock victim is run
+// again. Relays sharing an outbox lock rows in their claims, deletes and
+// releases in orders that can deadlock (InnoDB in particular); the victim
 // changed nothing, so running it again is safe.
 const deadlockRetries = 3
 
 // retryDeadlock runs fn, and again up to deadlockRetries times while it
-// fails as a MySQL deadlock victim (error 1213).
+// fails as a deadlock victim.
 func (r *Relay) retryDeadlock(ctx context.Context, fn func() error) error {
 	for attempt := 0; ; attempt++ {
 		err := fn()
-		if err == nil || r.d.Name() != dialect.MySQL || !isDeadlock(err) || attempt == deadlockRetries || ctx.Err() != nil {
+		if err == nil || !isDeadlock(err) || attempt == deadlockRetries || ctx.Err() != nil {
 			return err
 		}
-		r.log.Debug("outbox: MySQL chose this statement as a deadlock victim; running it again",
+		r.log.Debug("outbox: the database chose this statement as a deadlock victim; running it again",
 			"attempt", attempt+1, "error", err)
 	}
 }
 
-// isDeadlock reports whether err is MySQL's ER_LOCK_DEADLOCK: the statement
-// (and its transaction) was rolled back.
+// isDeadlock reports whether err is a deadlock the database resolved by
+// rolling back this statement: MySQL's ER_LOCK_DEADLOCK (1213) or
+// PostgreSQL's deadlock_detected (40P01).
 func isDeadlock(err error) bool {
 	var me *mysql.MySQLError
-	return errors.As(err, &me) && me.Number == 1213
+	if errors.As(err, &me) {
+		return me.Number == 1213
+	}
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "40P01"
 }
 
 func (r *Relay) claimMySQL(ctx context.Context) ([]claimedRow, error) {
@@ -226,8 +237,11 @@ const idChunk = 1000
 // with args before the ids, in chunks of idChunk ids.
 func (r *Relay) execIDs(ctx context.Context, head string, args []any, ids []int64) error {
 	if r.d.Name() == dialect.Postgres {
-		_, err := r.db.ExecContext(ctx, r.d.Rebind(head+" AND id = ANY(?)"), append(args, ids)...)
-		return err
+		q, all := r.d.Rebind(head+" AND id = ANY(?)"), append(args, ids)
+		return r.retryDeadlock(ctx, func() error {
+			_, err := r.db.ExecContext(ctx, q, all...)
+			return err
+		})
 	}
 	for start := 0; start < len(ids); start += idChunk {
 		list, idArgs := inList(ids[start:min(start+idChunk, len(ids))])
