@@ -48,7 +48,10 @@
 // serialises writers. After claiming, a relay hands back every claimed row of
 // an entity that has a lower row it does not hold, so relays sharing hot
 // entities mostly take turns; relays scale with the number of distinct
-// entities in the backlog.
+// entities in the backlog. Relays' claims, deletes and releases can
+// deadlock each other (InnoDB in particular); a statement the database
+// rolls back as the deadlock victim is run again, up to three times,
+// before the cycle counts as failed.
 //
 // On SQLite open the database with a busy timeout and WAL (see
 // internal/testenv.SQLiteDSN) so that relays and writers wait for each other
