@@ -228,22 +228,7 @@ func (r *recordingApplier) entities() (entities, calls int) {
 }
 
 // logBuffer collects a logger's output for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	sb strings.Builder
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.String()
-}
+type logBuffer struct{ testenv.SyncBuffer }
 
 func (b *logBuffer) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelInfo}))

@@ -20,6 +20,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/gocqrs/gocqrs/internal/testenv"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
@@ -38,7 +39,7 @@ func TestKafkaSASL(t *testing.T) {
 	} {
 		t.Run(mech.name, func(t *testing.T) {
 			t.Parallel()
-			logs := &kafkaLogBuffer{}
+			logs := &testenv.SyncBuffer{}
 			logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			kc := transports.KafkaConfig{ConsumerGroup: "sasl", Partitions: 1,
 				SASL: transports.KafkaSASLConfig{Mechanism: mech.name, User: mech.user, Password: pw}}

@@ -1,13 +1,11 @@
 package transports_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -58,24 +56,6 @@ func newKafka(t *testing.T, c *kfake.Cluster, kc transports.KafkaConfig) *transp
 }
 
 func kafkaDiscardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// kafkaLogBuffer is an io.Writer safe for concurrent loggers.
-type kafkaLogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *kafkaLogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *kafkaLogBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // entityBody is a minimal django-cqrs body of one entity revision.
 func kafkaBody(t *testing.T, cqrsID string, pk any, rev int) []byte {

@@ -1,10 +1,8 @@
 package replica_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/gocqrs/gocqrs/internal/fixtures"
@@ -44,22 +42,7 @@ func del(pk, rev int, updated string) string {
 }
 
 // logBuffer is a concurrency-safe log sink for asserting log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type logBuffer = testenv.SyncBuffer
 
 // authorEngine returns an engine over the fixture tables with a plain author
 // model (no hooks) and the fixture's book model.
