@@ -12,8 +12,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/gocqrs/gocqrs/internal/testenv"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 	"github.com/gocqrs/gocqrs/pkg/outbox"
 	"github.com/gocqrs/gocqrs/pkg/transports"
@@ -44,39 +42,7 @@ func TestKafkaRelayRefusedTopic(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	db := testenv.SQLite(t)
-	createTable(t, db, "author")
-	if _, err := db.ExecContext(ctx, `CREATE TABLE orphan (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL,
-		cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`); err != nil {
-		t.Fatal(err)
-	}
-	if err := outbox.Migrate(ctx, db.DB, db.Dialect); err != nil {
-		t.Fatal(err)
-	}
-	reg := registry.New()
-	for _, m := range []registry.MasterModel{{CQRSID: "author", Table: "author"}, {CQRSID: "orphan", Table: "orphan"}} {
-		if err := reg.RegisterMaster(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m, err := master.New(ctx, db.DB, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	insert := func(cqrsID string, id int) {
-		t.Helper()
-		tx, err := db.BeginTxx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := m.Insert(ctx, tx, cqrsID, map[string]any{"id": id, "name": fmt.Sprintf("%s %d", cqrsID, id)}); err != nil {
-			_ = tx.Rollback()
-			t.Fatal(err)
-		}
-		if err := tx.Commit(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	db, insert := orphanMaster(t)
 	// Committed before the relay starts: one batch, the orphan in the middle.
 	insert("author", 1)
 	insert("orphan", 1)

@@ -11,8 +11,6 @@ import (
 
 	"github.com/gocqrs/gocqrs/internal/brokertest"
 	"github.com/gocqrs/gocqrs/internal/testenv"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
-	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 	"github.com/gocqrs/gocqrs/pkg/outbox"
 )
@@ -41,39 +39,7 @@ func TestRabbitMQRelayUnroutable(t *testing.T) {
 	}
 	conn := brokertest.Dial(t, u)
 
-	db := testenv.SQLite(t)
-	createTable(t, db, "author")
-	if _, err := db.ExecContext(ctx, `CREATE TABLE orphan (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL,
-		cqrs_revision INTEGER NOT NULL DEFAULT 0, cqrs_updated DATETIME NULL)`); err != nil {
-		t.Fatal(err)
-	}
-	if err := outbox.Migrate(ctx, db.DB, db.Dialect); err != nil {
-		t.Fatal(err)
-	}
-	reg := registry.New()
-	for _, m := range []registry.MasterModel{{CQRSID: "author", Table: "author"}, {CQRSID: "orphan", Table: "orphan"}} {
-		if err := reg.RegisterMaster(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m, err := master.New(ctx, db.DB, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	insert := func(cqrsID string, id int) {
-		t.Helper()
-		tx, err := db.BeginTxx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := m.Insert(ctx, tx, cqrsID, map[string]any{"id": id, "name": fmt.Sprintf("%s %d", cqrsID, id)}); err != nil {
-			_ = tx.Rollback()
-			t.Fatal(err)
-		}
-		if err := tx.Commit(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	db, insert := orphanMaster(t)
 	// author 1, orphan 1, author 2: committed before the relay starts, so
 	// they are claimed in one batch with the orphan in the middle.
 	insert("author", 1)
