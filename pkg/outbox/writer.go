@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"unicode/utf8"
 
@@ -145,9 +146,26 @@ func InsertStatement(d dialect.Dialect, m Message, first int, opts ...Option) (q
 	if err != nil {
 		return "", nil, fmt.Errorf("outbox: insert statement: %w", err)
 	}
-	query = fmt.Sprintf("INSERT INTO %s (cqrs_id, entity_key, topic, body, headers) VALUES ($%d, $%d, $%d, $%d, $%d) RETURNING id",
-		n.table, first, first+1, first+2, first+3, first+4)
+	key := statementKey{n.table, first}
+	if q, ok := insertStatements.Load(key); ok {
+		query = q.(string)
+	} else {
+		query = fmt.Sprintf("INSERT INTO %s (cqrs_id, entity_key, topic, body, headers) VALUES ($%d, $%d, $%d, $%d, $%d) RETURNING id",
+			n.table, first, first+1, first+2, first+3, first+4)
+		insertStatements.Store(key, query)
+	}
 	return query, []any{e.cqrsID, e.entityKey, e.topic, e.body, e.headers}, nil
+}
+
+// insertStatements holds InsertStatement's query texts, built once per outbox
+// table and first parameter: a master builds one in every one-statement
+// insert, and one string each time lets it keep what it builds around the
+// text (see package master).
+var insertStatements sync.Map // statementKey → string
+
+type statementKey struct {
+	table string // quoted
+	first int
 }
 
 // Delete removes the outbox row id inside the caller's transaction tx: a

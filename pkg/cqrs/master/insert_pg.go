@@ -91,9 +91,7 @@ func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.Master
 	if err != nil {
 		return nil, false, nil
 	}
-	q := "WITH gocqrs_row AS (" + m.d.Rebind(insert+" RETURNING "+t.selectList()) + "), gocqrs_message AS (" + oq +
-		") SELECT gocqrs_row.*, gocqrs_message.id FROM gocqrs_row, gocqrs_message"
-	actual, id, err := queryRowAndID(ctx, tx, mm, q, append(args, oargs...))
+	actual, id, err := queryRowAndID(ctx, tx, mm, t.oneStatement(m.d, insert, oq), append(args, oargs...))
 	if err != nil {
 		return nil, true, fmt.Errorf("master: insert %s: %w", mm.CQRSID, err)
 	}
@@ -136,6 +134,24 @@ func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.Master
 	p.outboxID = id
 	p.created, p.bumped, p.deleted = true, true, false
 	return pk, true, nil
+}
+
+// oneStatement is a one-statement insert's SQL and what it was built from.
+type oneStatement struct{ insert, outbox, sql string }
+
+// oneStatement returns the statement that inserts the row (insert, with ?
+// marks, RETURNING it) and its message (outbox, the outbox statement) in
+// one. The one last built is kept: a model's inserts of every field build
+// the same one each time.
+func (t *tableSQL) oneStatement(d dialect.Dialect, insert, outbox string) string {
+	if c := t.one.Load(); c != nil && c.insert == insert && c.outbox == outbox {
+		return c.sql
+	}
+	c := &oneStatement{insert: insert, outbox: outbox,
+		sql: "WITH gocqrs_row AS (" + d.Rebind(insert+" RETURNING "+t.selectList()) + "), gocqrs_message AS (" + outbox +
+			") SELECT gocqrs_row.*, gocqrs_message.id FROM gocqrs_row, gocqrs_message"}
+	t.one.Store(c)
+	return c.sql
 }
 
 // rowPK is the primary key of a serialised row, as Insert returns it.

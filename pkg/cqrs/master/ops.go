@@ -59,25 +59,29 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		return nil, fmt.Errorf("master: insert %s: %w", cqrsID, err)
 	}
 	names := sortedNames(values)
-	var cols, marks []string
-	var args []any
+	args := make([]any, 0, len(names)+1)
 	for _, n := range names {
 		f, ok := field(mm, n)
 		if !ok {
 			return nil, fmt.Errorf("master: insert %s: %q is not a field of the model (fields: %s)", cqrsID, n, fieldNames(mm))
 		}
-		qc := t.byField[f.Name]
 		v, err := m.bindValue(f.Kind, values[n])
 		if err != nil {
 			return nil, fmt.Errorf("master: insert %s: field %q: %w", cqrsID, n, err)
 		}
-		cols, marks, args = append(cols, qc), append(marks, "?"), append(args, v)
+		args = append(args, v)
 	}
 	now := m.clock()
-	cols = append(cols, t.rev, t.upd)
-	marks = append(marks, "0", "?")
 	args = append(args, now)
-	q := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", t.table, strings.Join(cols, ", "), strings.Join(marks, ", "))
+	q := t.insertAll // every field given (names are distinct fields)
+	if len(names) != len(mm.Fields) {
+		cols := make([]string, 0, len(names)+2)
+		for _, n := range names {
+			cols = append(cols, t.byField[n])
+		}
+		cols = append(cols, t.rev, t.upd)
+		q = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", t.table, strings.Join(cols, ", "), strings.Repeat("?, ", len(names))+"0, ?")
+	}
 	if pk, done, err := m.insertOne(ctx, tx, mm, t, values, q, args, now); done {
 		return pk, err // PostgreSQL: the row and its message in one statement
 	}
@@ -630,6 +634,16 @@ func fieldNames(mm *registry.MasterModel) string {
 		names[i] = f.Name
 	}
 	return strings.Join(names, ", ")
+}
+
+// sortedFieldNames returns the names of mm's fields, sorted.
+func sortedFieldNames(mm *registry.MasterModel) []string {
+	names := make([]string, len(mm.Fields))
+	for i, f := range mm.Fields {
+		names[i] = f.Name
+	}
+	sort.Strings(names)
+	return names
 }
 
 func sortedNames(m map[string]any) []string {

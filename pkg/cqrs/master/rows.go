@@ -9,6 +9,7 @@ import (
 	"math/big"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -24,6 +25,13 @@ type tableSQL struct {
 	cols                []string          // quoted, in field order
 	byField             map[string]string // field name → quoted column
 	sel                 string            // selectList
+	// insertAll is Insert's INSERT (with ? marks) when every field is
+	// given: the columns in the order of the sorted field names, then the
+	// revision (0) and cqrs_updated.
+	insertAll string
+	// one is the one-statement insert (insert_pg.go) last built from
+	// insertAll and an outbox statement.
+	one atomic.Pointer[oneStatement]
 
 	// What the identifiers were built from: a registry bound again (New
 	// with the same registry) gives its models new field lists.
@@ -74,6 +82,12 @@ func (m *Master) quoted(mm *registry.MasterModel) (*tableSQL, error) {
 		return nil, fmt.Errorf("primary key %q is not among the fields", mm.PK)
 	}
 	t.sel = t.rev + ", " + t.upd + ", " + strings.Join(t.cols, ", ")
+	sorted := make([]string, 0, len(mm.Fields)+2)
+	for _, n := range sortedFieldNames(mm) {
+		sorted = append(sorted, t.byField[n])
+	}
+	marks := strings.Repeat("?, ", len(mm.Fields)) + "0, ?"
+	t.insertAll = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", t.table, strings.Join(append(sorted, t.rev, t.upd), ", "), marks)
 	t.from = *mm
 	if len(mm.Fields) > 0 {
 		t.fieldsHead = &mm.Fields[0]
