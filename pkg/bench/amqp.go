@@ -15,29 +15,15 @@ import (
 // confirms pipelined (at most window outstanding), then consumed back with
 // a prefetch of 1000 and one multiple-ack per 100 messages; both in msgs/s.
 func rawAMQP(ctx context.Context, url string, n int, body []byte) (publish, consume float64, err error) {
-	publish, err = rawAMQPPublish(ctx, url, n, body, func(ch *amqp.Channel, q string) error {
+	err = withRawQueue(url, func(conn *amqp.Connection, ch *amqp.Channel, q string) error {
 		start := time.Now()
-		if err := ch.Qos(1000, 0, false); err != nil {
+		if err := publishPipelined(ctx, ch, q, n, body); err != nil {
 			return err
 		}
-		deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
-		if err != nil {
+		publish = float64(n) / time.Since(start).Seconds()
+		start = time.Now()
+		if err := consumeN(ctx, ch, q, n); err != nil {
 			return err
-		}
-		for i := 1; i <= n; i++ {
-			select {
-			case d, ok := <-deliveries:
-				if !ok {
-					return fmt.Errorf("consumer closed after %d messages", i-1)
-				}
-				if i%100 == 0 || i == n {
-					if err := d.Ack(true); err != nil {
-						return err
-					}
-				}
-			case <-ctx.Done():
-				return ctx.Err()
-			}
 		}
 		consume = float64(n) / time.Since(start).Seconds()
 		return nil
@@ -45,31 +31,81 @@ func rawAMQP(ctx context.Context, url string, n int, body []byte) (publish, cons
 	return publish, consume, err
 }
 
-func rawAMQPPublish(ctx context.Context, url string, n int, body []byte, then func(ch *amqp.Channel, q string) error) (float64, error) {
+// rawAMQPThrough is the broker's limit for a drain: n messages published
+// as rawAMQP publishes them while a consumer on a second connection takes
+// them as rawAMQP consumes them, in msgs/s from the first publish to the
+// last delivery. Every row of a drain is published and consumed once, so
+// no drain over this broker can be faster.
+func rawAMQPThrough(ctx context.Context, url string, n int, body []byte) (float64, error) {
+	var rate float64
+	err := withRawQueue(url, func(conn *amqp.Connection, _ *amqp.Channel, q string) error {
+		cconn, err := amqp.Dial(url)
+		if err != nil {
+			return fmt.Errorf("dial %s: %w", transports.RedactURL(url), err)
+		}
+		defer cconn.Close()
+		cch, err := cconn.Channel()
+		if err != nil {
+			return err
+		}
+		pch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		consumed := make(chan error, 1)
+		start := time.Now()
+		go func() { consumed <- consumeN(cctx, cch, q, n) }()
+		if err := publishPipelined(ctx, pch, q, n, body); err != nil {
+			return err
+		}
+		if err := <-consumed; err != nil {
+			return err
+		}
+		rate = float64(n) / time.Since(start).Seconds()
+		return nil
+	})
+	return rate, err
+}
+
+// withRawQueue runs fn with a connection to url, a channel on it and a
+// fresh durable queue, deleted afterwards.
+func withRawQueue(url string, fn func(conn *amqp.Connection, ch *amqp.Channel, q string) error) error {
 	if url == "" {
-		return 0, errNoAMQP
+		return errNoAMQP
 	}
 	conn, err := amqp.Dial(url)
 	if err != nil {
-		return 0, fmt.Errorf("dial %s: %w", transports.RedactURL(url), err)
+		return fmt.Errorf("dial %s: %w", transports.RedactURL(url), err)
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	q := randomName("bench_raw")
 	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-		return 0, err
+		return err
 	}
-	defer func() { _, _ = ch.QueueDelete(q, false, false, false) }()
+	defer func() {
+		if dch, err := conn.Channel(); err == nil {
+			_, _ = dch.QueueDelete(q, false, false, false)
+		}
+	}()
+	return fn(conn, ch, q)
+}
+
+// publishPipelined publishes n persistent messages to queue q on ch, with
+// publisher confirms, at most window of them unconfirmed, and waits for the
+// last confirm.
+func publishPipelined(ctx context.Context, ch *amqp.Channel, q string, n int, body []byte) error {
 	if err := ch.Confirm(false); err != nil {
-		return 0, err
+		return err
 	}
 	const window = 2000
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window))
 	msg := amqp.Publishing{ContentType: "text/plain", DeliveryMode: amqp.Persistent, Body: body}
-	start := time.Now()
 	outstanding := 0
 	wait := func() error {
 		select {
@@ -89,21 +125,51 @@ func rawAMQPPublish(ctx context.Context, url string, n int, body []byte, then fu
 	for i := 0; i < n; i++ {
 		if outstanding >= window {
 			if err := wait(); err != nil {
-				return 0, err
+				return err
 			}
 		}
 		if err := ch.PublishWithContext(ctx, "", q, true, false, msg); err != nil {
-			return 0, err
+			return err
 		}
 		outstanding++
 	}
 	for outstanding > 0 {
 		if err := wait(); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	rate := float64(n) / time.Since(start).Seconds()
-	return rate, then(ch, q)
+	return nil
+}
+
+// consumeN consumes n messages from queue q on ch with a prefetch of 1000,
+// acking every 100th (and the last) with multiple set, and cancels the
+// consumer.
+func consumeN(ctx context.Context, ch *amqp.Channel, q string, n int) error {
+	if err := ch.Qos(1000, 0, false); err != nil {
+		return err
+	}
+	tag := randomName("bench_raw_consumer")
+	deliveries, err := ch.Consume(q, tag, false, false, false, false, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = ch.Cancel(tag, false) }()
+	for i := 1; i <= n; i++ {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return fmt.Errorf("consumer closed after %d messages", i-1)
+			}
+			if i%100 == 0 || i == n {
+				if err := d.Ack(true); err != nil {
+					return err
+				}
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // deleteAMQP removes what a run declared on the broker.

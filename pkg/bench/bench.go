@@ -1,6 +1,7 @@
 // Package bench measures gocqrs on the machine it runs on, against that
 // machine's own limits measured in the same run: a raw pipelined AMQP
-// publisher (or a raw asynchronous Kafka producer) and a raw batched
+// publisher (or a raw asynchronous Kafka producer), the same publisher with
+// a raw consumer taking the messages at once (RabbitMQ), and a raw batched
 // revision-guarded upsert. It backs `cqrs bench`.
 //
 // Each run builds fresh master and replica tables (PostgreSQL schemas or

@@ -17,8 +17,9 @@ func runBench(ctx context.Context, env Env, args []string) error {
 Measures gocqrs on this machine and, in the same run, the machine's limits:
 master write with and without the outbox, relay rate against a raw pipelined
 AMQP publisher (kafka: a raw asynchronous Sarama producer, acks=all), replica
-apply rate against a raw batched revision-guarded upsert, end-to-end drain,
-and commit→applied latency at a fixed offered rate. Every run ends with a
+apply rate against a raw batched revision-guarded upsert, end-to-end drain
+(rabbitmq: against a raw publisher and consumer running at once), and
+commit→applied latency at a fixed offered rate. Every run ends with a
 row-by-row comparison of master and replica. Fresh tables (PostgreSQL
 schemas, or SQLite files when --postgres is empty) and fresh broker queues
 (kafka: topics under a fresh prefix) are made for each run and removed after

@@ -78,7 +78,7 @@ func TestBenchKafkaInProcess(t *testing.T) {
 		"baseline: raw Kafka produce, acks=all, async",
 		"baseline: raw Kafka consume, all partitions",
 		"replica apply (same figure) vs broker delivery",
-		"end-to-end drain (same figure) vs broker publish",
+		"end-to-end drain (same figure) vs the broker",
 	}, benchCommonFigures...)
 	checkBenchReport(t, r, "gocqrs bench: kafka (in-process kfake cluster, 1 broker) transport, SQLite on both sides, 300 rows", figures)
 	if !strings.Contains(r.stdout, "the broker is kfake") {
@@ -92,7 +92,7 @@ func TestBenchKafkaInProcess(t *testing.T) {
 	if !strings.Contains(apply, "× baseline: raw Kafka consume, all partitions") {
 		t.Errorf("apply row is not compared with the raw consumer: %q", apply)
 	}
-	drain := benchRow(t, r.stdout, "end-to-end drain (same figure) vs broker publish")
+	drain := benchRow(t, r.stdout, "end-to-end drain (same figure) vs the broker")
 	if !strings.Contains(drain, "× baseline: raw Kafka produce, acks=all, async") {
 		t.Errorf("drain row is not compared with the raw producer: %q", drain)
 	}
