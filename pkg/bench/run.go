@@ -6,12 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -312,11 +314,14 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		stopConsumer()
 		return fmt.Errorf("apply: %d of %d messages done: %w", cons.Done(), o.Rows, err)
 	}
+	printBatches(p, "apply", rec)
 	fa := rep.figure(fApply, "rows/s")
 	fa.Runs = append(fa.Runs, float64(o.Rows)/time.Since(start).Seconds())
 	fa.Against, fa.Goal, fa.Higher, fa.GoalIsRatio = fRawUpsert, 0.5, true, true
 	if rawCons != "" {
-		// The apply rate cannot exceed what the broker delivers: show that bound too.
+		// What a plain client consumes from the broker, for comparison
+		// (not a hard bound: it is one consumer, started right after the
+		// raw publish; the replica has run above it).
 		fb := rep.figure(fApplyBroker, "rows/s")
 		fb.Runs = append(fb.Runs, fa.Runs[len(fa.Runs)-1])
 		fb.Against = rawCons
@@ -346,6 +351,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = relay.Run(rctx) }()
 	fmt.Fprintln(p, "  drain: relay and replica running")
+	rec.batches()
 	endPhase = o.Phase("drain")
 	start = time.Now()
 	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Done()-before >= int64(o.Rows) })
@@ -356,6 +362,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		stopConsumer()
 		return fmt.Errorf("drain: %w", err)
 	}
+	printBatches(p, "drain", rec)
 	fd := rep.figure(fDrain, "rows/s")
 	fd.Runs = append(fd.Runs, float64(o.Rows)/time.Since(start).Seconds())
 	fd.Goal, fd.Higher = 10000, true
@@ -751,6 +758,16 @@ func (e *env) count(ctx context.Context) (int, error) {
 	return n, err
 }
 
+// printBatches prints how many applier calls the phase made and how many
+// messages each carried on average (with batching, how full the batches
+// were).
+func printBatches(p io.Writer, phase string, rec *recorder) {
+	calls, msgs := rec.batches()
+	if calls > 0 {
+		fmt.Fprintf(p, "    %s: %d applier calls, %.1f messages each\n", phase, calls, float64(msgs)/float64(calls))
+	}
+}
+
 // recorder wraps the engine and notes when each pk was last applied, for
 // the latency measurement.
 type recorder struct {
@@ -759,6 +776,15 @@ type recorder struct {
 	on  bool
 	at  map[string]time.Time
 	n   map[string]int // messages applied per pk since start
+
+	// Applier calls and the messages they carried, for the progress
+	// output (how full the replica's batches were).
+	calls, msgs atomic.Int64
+}
+
+// batches returns the applier calls and messages since the last call.
+func (r *recorder) batches() (calls, msgs int64) {
+	return r.calls.Swap(0), r.msgs.Swap(0)
 }
 
 func newRecorder(eng *replica.Engine) *recorder {
@@ -774,6 +800,8 @@ func (r *recorder) start() {
 }
 
 func (r *recorder) note(dls []replica.Delivery) {
+	r.calls.Add(1)
+	r.msgs.Add(int64(len(dls)))
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.on {
