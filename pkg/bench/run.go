@@ -346,12 +346,12 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		drainBound = fRawThrough
 	}
 	before := cons.Done()
+	rec.batches() // count the drain's applier calls only
 	rctx, stopRelay := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = relay.Run(rctx) }()
 	fmt.Fprintln(p, "  drain: relay and replica running")
-	rec.batches()
 	endPhase = o.Phase("drain")
 	start = time.Now()
 	err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Done()-before >= int64(o.Rows) })
