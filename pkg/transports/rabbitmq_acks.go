@@ -53,7 +53,8 @@ type rabbitAcks struct {
 // rabbitAckStats counts a transport's acknowledgement frames and interrupted
 // consumer sessions (tests read them).
 type rabbitAckStats struct {
-	paused atomic.Bool // tests: flushers leave acks pending until their session ends
+	paused     atomic.Bool // tests: flushers leave acks pending until their session ends
+	individual atomic.Bool // tests: sessions start acking one by one, as after a tag out of order
 
 	multiple    atomic.Int64 // basic.ack with multiple=true
 	single      atomic.Int64 // basic.ack of one tag
@@ -68,6 +69,7 @@ const winCompact = 1024
 
 func (a *rabbitAcks) init(stats *rabbitAckStats) {
 	a.base = 1
+	a.individual = stats.individual.Load()
 	a.wake = make(chan struct{}, 1)
 	a.stop = make(chan struct{})
 	a.done = make(chan struct{})

@@ -13,3 +13,8 @@ func RabbitMQAckStats(r *RabbitMQ) (multiple, single, nacks, interrupted int64) 
 // acks pending until their session ends, as a flusher that has not run yet
 // would.
 func PauseRabbitMQAckFlushers(r *RabbitMQ) { r.ackStats.paused.Store(true) }
+
+// IndividualRabbitMQAcks makes r's subscriptions started from now on ack
+// every message on its own, as a session does once it sees a delivery tag
+// out of order (the fallback that never uses multiple acks).
+func IndividualRabbitMQAcks(r *RabbitMQ) { r.ackStats.individual.Store(true) }

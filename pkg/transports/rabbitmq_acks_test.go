@@ -167,6 +167,69 @@ func TestRabbitMQAcksGapNeverCovered(t *testing.T) {
 	}
 }
 
+// A session that no longer trusts its delivery tags to be consecutive (a
+// tag out of order) acks every message on its own: around a held message
+// too, nothing but the held one stays unacked, no multiple ack is sent, and
+// the broker never sees a tag settled twice.
+func TestRabbitMQAcksOneByOneFallback(t *testing.T) {
+	t.Parallel()
+	s := newScratch(t)
+	r := s.transport(t)
+	transports.IndividualRabbitMQAcks(r)
+	q := s.replica(t, r)
+	const n, k = 40, 5
+	bodies := publishN(t, r, n)
+
+	ch, cancel := subscribe(t, r, q)
+	var held transports.Settle
+	var settles []transports.Settle
+	for i := range n {
+		m := receive(t, ch)
+		if string(m.Payload) != bodies[i] {
+			t.Fatalf("message %d is %q, want %q", i, m.Payload, bodies[i])
+		}
+		switch {
+		case i == k:
+			held = detach(t, m)
+		case i%3 == 0:
+			m.Ack()
+		case i%3 == 1:
+			settles = append(settles, detach(t, m))
+		default:
+			m.Ack()
+		}
+	}
+	// Settled in reverse order: with multiple acks the highest would cover
+	// the held message.
+	for i := len(settles) - 1; i >= 0; i-- {
+		if err := settles[i](true); err != nil {
+			t.Fatalf("Settle(true): %v", err)
+		}
+	}
+	testenv.WaitFor(t, wait, "only the held message unacked", func() bool {
+		ready, unacked := queueCounts(t, "/", q)
+		return ready == 0 && unacked == 1
+	})
+	multiple, single, _, _ := transports.RabbitMQAckStats(r)
+	if multiple != 0 || single != n-1 {
+		t.Errorf("sent %d multiple and %d single acks, want 0 and %d", multiple, single, n-1)
+	}
+	if err := held(false); err != nil {
+		t.Fatalf("Settle(false): %v", err)
+	}
+	m := receive(t, ch) // the held message, redelivered
+	if string(m.Payload) != bodies[k] {
+		t.Fatalf("redelivered %q, want %q", m.Payload, bodies[k])
+	}
+	m.Ack()
+	cancel()
+	drain(t, ch)
+	waitSettledOnBroker(t, q, 0)
+	if _, single, _, interrupted := transports.RabbitMQAckStats(r); interrupted != 0 || single != n {
+		t.Fatalf("%d consumer session(s) interrupted, %d single acks (want none interrupted, %d acks)", interrupted, single, n)
+	}
+}
+
 // Acks recorded right before the subscription ends (ctx cancelled, or the
 // transport closed), not sent yet by the flusher, are sent before its
 // channel is closed, in one multiple ack: nothing is redelivered.
