@@ -50,19 +50,23 @@ const (
 
 const cqrsID = "bench_author"
 
-// env is one run's databases and transport.
+// env is one run's databases and transports.
 type env struct {
 	o        Options
 	mdb, rdb *sqlx.DB
 	d        dialect.Dialect
-	tr       transports.Transport
-	queue    string
-	m        *master.Master
-	reader   *master.Master
-	rreg     *registry.Registry
-	eng      *replica.Engine
-	kafka    *kafkaBench // Transport "kafka" only
-	cleanup  []func()
+	tr       transports.Transport // the replica's
+	// pub is the master's (the relay's) transport. Over RabbitMQ it is a
+	// second transport, its own connection, as a master service and
+	// cqrs-consume have theirs; otherwise it is tr.
+	pub     transports.Transport
+	queue   string
+	m       *master.Master
+	reader  *master.Master
+	rreg    *registry.Registry
+	eng     *replica.Engine
+	kafka   *kafkaBench // Transport "kafka" only
+	cleanup []func()
 }
 
 func (e *env) close() {
@@ -169,6 +173,13 @@ func newEnv(ctx context.Context, o Options) (*env, error) {
 		return e, err
 	}
 	e.cleanup = append(e.cleanup, func() { e.tr.Close() })
+	e.pub = e.tr
+	if o.Transport == transports.RabbitMQName {
+		if e.pub, err = transports.New(ctx, cfg.WithDefaults(), o.Logger); err != nil {
+			return e, err
+		}
+		e.cleanup = append(e.cleanup, func() { e.pub.Close() })
+	}
 	if _, err := e.tr.ReplicaSubscriptions(e.queue, transports.DefaultDeadLetterQueue(e.queue), []string{cqrsID}); err != nil {
 		return e, err
 	}
@@ -276,7 +287,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		return err
 	}
 	fmt.Fprintln(p, "  relay: publishing the outbox")
-	relay, err := outbox.NewRelay(e.mdb, e.d, e.tr.Publisher(), outbox.RelayOptions{BatchSize: o.RelayBatch, Logger: o.Logger})
+	relay, err := outbox.NewRelay(e.mdb, e.d, e.pub.Publisher(), outbox.RelayOptions{BatchSize: o.RelayBatch, Logger: o.Logger})
 	if err != nil {
 		return err
 	}
