@@ -118,22 +118,7 @@ func TestRabbitMQAcksGapNeverCovered(t *testing.T) {
 	bodies := publishN(t, r, n)
 
 	ch, cancel := subscribe(t, r, q)
-	var held transports.Settle
-	var settles []transports.Settle
-	for i := range n {
-		m := receive(t, ch)
-		if string(m.Payload) != bodies[i] {
-			t.Fatalf("message %d is %q, want %q", i, m.Payload, bodies[i])
-		}
-		switch {
-		case i == k:
-			held = detach(t, m)
-		case i%2 == 0:
-			m.Ack() // attached
-		default:
-			settles = append(settles, detach(t, m))
-		}
-	}
+	held, settles := receiveHolding(t, ch, bodies, k, func(i int) bool { return i%2 == 1 })
 	for _, settle := range settles {
 		if err := settle(true); err != nil {
 			t.Fatalf("Settle(true): %v", err)
@@ -148,13 +133,7 @@ func TestRabbitMQAcksGapNeverCovered(t *testing.T) {
 	if single == 0 {
 		t.Error("no single ack sent: the acks above the held message must go one by one")
 	}
-	if err := held(false); err != nil {
-		t.Fatalf("Settle(false): %v", err)
-	}
-	m := receive(t, ch) // the held message, redelivered
-	if string(m.Payload) != bodies[k] {
-		t.Fatalf("redelivered %q, want %q", m.Payload, bodies[k])
-	}
+	m := handBack(t, held, ch, bodies[k])
 	m.Nack()
 	cancel()
 	drain(t, ch)
@@ -165,6 +144,43 @@ func TestRabbitMQAcksGapNeverCovered(t *testing.T) {
 	if _, _, _, interrupted := transports.RabbitMQAckStats(r); interrupted != 0 {
 		t.Fatalf("%d consumer session(s) interrupted: the broker closed the channel", interrupted)
 	}
+}
+
+// receiveHolding receives the messages of bodies in order from ch and
+// settles each as it comes: message k is detached and held (returned
+// unsettled), those for which detached(i) holds are detached and their
+// Settle functions returned in order, the others are acked attached.
+func receiveHolding(t *testing.T, ch <-chan *message.Message, bodies []string, k int, detached func(i int) bool) (held transports.Settle, settles []transports.Settle) {
+	t.Helper()
+	for i, want := range bodies {
+		m := receive(t, ch)
+		if string(m.Payload) != want {
+			t.Fatalf("message %d is %q, want %q", i, m.Payload, want)
+		}
+		switch {
+		case i == k:
+			held = detach(t, m)
+		case detached(i):
+			settles = append(settles, detach(t, m))
+		default:
+			m.Ack()
+		}
+	}
+	return held, settles
+}
+
+// handBack hands the held message back (Settle(false)) and returns its
+// redelivery from ch, which must carry want.
+func handBack(t *testing.T, held transports.Settle, ch <-chan *message.Message, want string) *message.Message {
+	t.Helper()
+	if err := held(false); err != nil {
+		t.Fatalf("Settle(false): %v", err)
+	}
+	m := receive(t, ch)
+	if string(m.Payload) != want {
+		t.Fatalf("redelivered %q, want %q", m.Payload, want)
+	}
+	return m
 }
 
 // A session that no longer trusts its delivery tags to be consecutive (a
@@ -181,24 +197,7 @@ func TestRabbitMQAcksOneByOneFallback(t *testing.T) {
 	bodies := publishN(t, r, n)
 
 	ch, cancel := subscribe(t, r, q)
-	var held transports.Settle
-	var settles []transports.Settle
-	for i := range n {
-		m := receive(t, ch)
-		if string(m.Payload) != bodies[i] {
-			t.Fatalf("message %d is %q, want %q", i, m.Payload, bodies[i])
-		}
-		switch {
-		case i == k:
-			held = detach(t, m)
-		case i%3 == 0:
-			m.Ack()
-		case i%3 == 1:
-			settles = append(settles, detach(t, m))
-		default:
-			m.Ack()
-		}
-	}
+	held, settles := receiveHolding(t, ch, bodies, k, func(i int) bool { return i%3 == 1 })
 	// Settled in reverse order: with multiple acks the highest would cover
 	// the held message.
 	for i := len(settles) - 1; i >= 0; i-- {
@@ -214,13 +213,7 @@ func TestRabbitMQAcksOneByOneFallback(t *testing.T) {
 	if multiple != 0 || single != n-1 {
 		t.Errorf("sent %d multiple and %d single acks, want 0 and %d", multiple, single, n-1)
 	}
-	if err := held(false); err != nil {
-		t.Fatalf("Settle(false): %v", err)
-	}
-	m := receive(t, ch) // the held message, redelivered
-	if string(m.Payload) != bodies[k] {
-		t.Fatalf("redelivered %q, want %q", m.Payload, bodies[k])
-	}
+	m := handBack(t, held, ch, bodies[k])
 	m.Ack()
 	cancel()
 	drain(t, ch)
