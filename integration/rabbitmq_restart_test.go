@@ -46,6 +46,14 @@ func startStreamWriter(t *testing.T, p *pipeline, every time.Duration) *streamWr
 			case <-tick.C:
 			}
 			if err := w.write(ctx, p, rng, &next); err != nil {
+				if ctx.Err() != nil {
+					// Cut short by stop. Its error need not wrap
+					// context.Canceled: a statement the cancelled context
+					// stopped before it was sent fails as "driver: bad
+					// connection" (pgx's stdlib reports it retryable, and a
+					// transaction cannot retry).
+					return
+				}
 				w.mu.Lock()
 				w.err = err
 				w.mu.Unlock()
