@@ -15,7 +15,7 @@ import (
 // confirms pipelined (at most window outstanding), then consumed back with
 // a prefetch of 1000 and one multiple-ack per 100 messages; both in msgs/s.
 func rawAMQP(ctx context.Context, url string, n int, body []byte) (publish, consume float64, err error) {
-	err = withRawQueue(url, func(conn *amqp.Connection, ch *amqp.Channel, q string) error {
+	err = withRawQueue(url, func(ch *amqp.Channel, q string) error {
 		start := time.Now()
 		if err := publishPipelined(ctx, ch, q, n, body); err != nil {
 			return err
@@ -38,17 +38,13 @@ func rawAMQP(ctx context.Context, url string, n int, body []byte) (publish, cons
 // no drain over this broker can be faster.
 func rawAMQPThrough(ctx context.Context, url string, n int, body []byte) (float64, error) {
 	var rate float64
-	err := withRawQueue(url, func(conn *amqp.Connection, _ *amqp.Channel, q string) error {
-		cconn, err := amqp.Dial(url)
-		if err != nil {
-			return fmt.Errorf("dial %s: %w", transports.RedactURL(url), err)
-		}
-		defer cconn.Close()
-		cch, err := cconn.Channel()
+	err := withRawQueue(url, func(ch *amqp.Channel, q string) error {
+		cconn, err := dialRaw(url)
 		if err != nil {
 			return err
 		}
-		pch, err := conn.Channel()
+		defer cconn.Close()
+		cch, err := cconn.Channel()
 		if err != nil {
 			return err
 		}
@@ -57,7 +53,7 @@ func rawAMQPThrough(ctx context.Context, url string, n int, body []byte) (float6
 		consumed := make(chan error, 1)
 		start := time.Now()
 		go func() { consumed <- consumeN(cctx, cch, q, n) }()
-		if err := publishPipelined(ctx, pch, q, n, body); err != nil {
+		if err := publishPipelined(ctx, ch, q, n, body); err != nil {
 			return err
 		}
 		if err := <-consumed; err != nil {
@@ -69,15 +65,15 @@ func rawAMQPThrough(ctx context.Context, url string, n int, body []byte) (float6
 	return rate, err
 }
 
-// withRawQueue runs fn with a connection to url, a channel on it and a
+// withRawQueue runs fn with a channel on a new connection to url and a
 // fresh durable queue, deleted afterwards.
-func withRawQueue(url string, fn func(conn *amqp.Connection, ch *amqp.Channel, q string) error) error {
+func withRawQueue(url string, fn func(ch *amqp.Channel, q string) error) error {
 	if url == "" {
 		return errNoAMQP
 	}
-	conn, err := amqp.Dial(url)
+	conn, err := dialRaw(url)
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", transports.RedactURL(url), err)
+		return err
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()
@@ -93,7 +89,16 @@ func withRawQueue(url string, fn func(conn *amqp.Connection, ch *amqp.Channel, q
 			_, _ = dch.QueueDelete(q, false, false, false)
 		}
 	}()
-	return fn(conn, ch, q)
+	return fn(ch, q)
+}
+
+// dialRaw connects a raw amqp091 client to url.
+func dialRaw(url string) (*amqp.Connection, error) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", transports.RedactURL(url), err)
+	}
+	return conn, nil
 }
 
 // publishPipelined publishes n persistent messages to queue q on ch, with
