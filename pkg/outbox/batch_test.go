@@ -42,7 +42,7 @@ func TestPlanLanesKeepsEntityOrder(t *testing.T) {
 		direct         float64
 		maxLanes       int
 	}{
-		{3, 3, 0, 4}, {500, 50, 0, 4}, {500, 50, 0.2, 4}, {2000, 7, 0.5, 8}, {100, 100, 0.1, 1}, {1, 1, 0, 4},
+		{3, 3, 0, 4}, {500, 50, 0, 4}, {500, 50, 0.2, 4}, {2000, 7, 0.5, 8}, {5000, 400, 0.1, 4}, {100, 100, 0.1, 1}, {1, 1, 0, 4},
 	} {
 		rows := planRows(tc.rows, tc.entities, tc.direct, rng)
 		lanes := planLanes(rows, tc.maxLanes)
@@ -192,7 +192,7 @@ func TestBatchCallsRunConcurrently(t *testing.T) {
 	t.Parallel()
 	db := testenv.SQLite(t)
 	migrated(t, db)
-	const n = 4 * minLaneRows * 2
+	const n = 4 * minLaneRows
 	msgs := make([]Message, n)
 	for i := range msgs {
 		msgs[i] = msg("author", i, 1)
