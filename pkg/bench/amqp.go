@@ -7,28 +7,60 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/gocqrs/gocqrs/pkg/outbox"
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
-// rawAMQP is the broker's limit as a plain amqp091 client sees it: n
-// persistent messages published to a fresh durable queue with publisher
-// confirms pipelined (at most window outstanding), then consumed back with
-// a prefetch of 1000 and one multiple-ack per 100 messages; both in msgs/s.
-func rawAMQP(ctx context.Context, url string, n int, body []byte) (publish, consume float64, err error) {
-	err = withRawQueue(url, func(ch *amqp.Channel, q string) error {
-		start := time.Now()
-		if err := publishPipelined(ctx, ch, q, n, body); err != nil {
+// relayRounds is the number of turns the relay and its raw baseline take.
+const relayRounds = 4
+
+// relayRounds measures relay against the broker's limit as a plain amqp091
+// client sees it, in turns: each round commits its share of the rows to
+// the outbox (not timed), publishes as many persistent messages to a fresh
+// durable queue with publisher confirms pipelined (publishPipelined), then
+// has relay publish the outbox, so that a change in the machine's load
+// falls on both alike. The raw queue is then consumed back (consumeN). It
+// returns the raw publish and consume rates in msg/s and the relay's time
+// for all the rows; phase is called around each round's relay.
+func (e *env) relayRounds(ctx context.Context, relay *outbox.Relay, phase func(string) func()) (publish, consume float64, relayDur time.Duration, err error) {
+	n, body := e.o.Rows, sampleBody()
+	err = withRawQueue(e.o.AMQPURL, func(ch *amqp.Channel, q string) error {
+		confirms, err := confirmMode(ch)
+		if err != nil {
 			return err
 		}
-		publish = float64(n) / time.Since(start).Seconds()
-		start = time.Now()
+		var rawDur time.Duration
+		for r := range relayRounds {
+			first, last := r*n/relayRounds+1, (r+1)*n/relayRounds
+			if last < first {
+				continue
+			}
+			if err := e.prefillCreates(ctx, first, last); err != nil {
+				return err
+			}
+			raw, err := timeIt(func() error { return publishPipelined(ctx, ch, confirms, q, last-first+1, body) })
+			if err != nil {
+				return fmt.Errorf("raw AMQP baseline: %w", err)
+			}
+			end := phase("relay")
+			rel, err := timeIt(func() error { return e.drainOutbox(ctx, relay, last) })
+			end()
+			if err != nil {
+				return err
+			}
+			rawDur, relayDur = rawDur+raw, relayDur+rel
+			k := float64(last - first + 1)
+			fmt.Fprintf(e.o.Progress, "    round %d: %d messages: raw %.0f msg/s, relay %.0f msg/s\n", r+1, last-first+1, k/raw.Seconds(), k/rel.Seconds())
+		}
+		publish = float64(n) / rawDur.Seconds()
+		start := time.Now()
 		if err := consumeN(ctx, ch, q, n); err != nil {
-			return err
+			return fmt.Errorf("raw AMQP consume baseline: %w", err)
 		}
 		consume = float64(n) / time.Since(start).Seconds()
 		return nil
 	})
-	return publish, consume, err
+	return publish, consume, relayDur, err
 }
 
 // rawAMQPThrough is the broker's limit for a drain: n messages published
@@ -52,8 +84,12 @@ func rawAMQPThrough(ctx context.Context, url string, n int, body []byte) (float6
 		defer cancel()
 		consumed := make(chan error, 1)
 		start := time.Now()
+		confirms, err := confirmMode(ch)
+		if err != nil {
+			return err
+		}
 		go func() { consumed <- consumeN(cctx, cch, q, n) }()
-		if err := publishPipelined(ctx, ch, q, n, body); err != nil {
+		if err := publishPipelined(ctx, ch, confirms, q, n, body); err != nil {
 			return err
 		}
 		if err := <-consumed; err != nil {
@@ -101,15 +137,22 @@ func dialRaw(url string) (*amqp.Connection, error) {
 	return conn, nil
 }
 
-// publishPipelined publishes n persistent messages to queue q on ch, with
-// publisher confirms, at most window of them unconfirmed, and waits for the
-// last confirm.
-func publishPipelined(ctx context.Context, ch *amqp.Channel, q string, n int, body []byte) error {
+// rawWindow is how many messages publishPipelined keeps unconfirmed.
+const rawWindow = 2000
+
+// confirmMode puts ch in confirm mode and returns its confirmations, for
+// publishPipelined; once per channel.
+func confirmMode(ch *amqp.Channel) (<-chan amqp.Confirmation, error) {
 	if err := ch.Confirm(false); err != nil {
-		return err
+		return nil, err
 	}
-	const window = 2000
-	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window))
+	return ch.NotifyPublish(make(chan amqp.Confirmation, rawWindow)), nil
+}
+
+// publishPipelined publishes n persistent messages to queue q on ch, a
+// channel in confirm mode whose confirmations confirmMode returned, at most
+// rawWindow of them unconfirmed, and waits for the last confirm.
+func publishPipelined(ctx context.Context, ch *amqp.Channel, confirms <-chan amqp.Confirmation, q string, n int, body []byte) error {
 	msg := amqp.Publishing{ContentType: "text/plain", DeliveryMode: amqp.Persistent, Body: body}
 	outstanding := 0
 	wait := func() error {
@@ -128,7 +171,7 @@ func publishPipelined(ctx context.Context, ch *amqp.Channel, q string, n int, bo
 		}
 	}
 	for i := 0; i < n; i++ {
-		if outstanding >= window {
+		if outstanding >= rawWindow {
 			if err := wait(); err != nil {
 				return err
 			}
