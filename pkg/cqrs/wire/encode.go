@@ -249,7 +249,7 @@ func appendFields(dst []byte, f *Fields, depth int) ([]byte, error) {
 		dst = appendString(dst, k)
 		dst = append(dst, ':')
 		var err error
-		if dst, err = appendValue(dst, f.m[k], depth+1); err != nil {
+		if dst, err = appendValue(dst, f.vals[i], depth+1); err != nil {
 			return dst, atKey(err, k)
 		}
 	}

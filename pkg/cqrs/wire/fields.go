@@ -11,16 +11,22 @@ package wire
 // []byte (as a string) and the other types MarshalValue lists.
 type Fields struct {
 	keys []string
-	m    map[string]any
+	vals []any          // vals[i] is keys[i]'s value
+	idx  map[string]int // key → position, kept once there are more than linearKeys keys
 }
 
+// linearKeys is how many keys Fields looks up by scanning: a CQRS payload
+// has a few to a few dozen, and a scan of short strings is cheaper than a
+// map's hashing and allocation.
+const linearKeys = 16
+
 // NewFields returns an empty Fields.
-func NewFields() *Fields { return &Fields{m: map[string]any{}} }
+func NewFields() *Fields { return &Fields{} }
 
 // FieldsOf builds a Fields from alternating keys and values:
 // FieldsOf("id", 1, "name", "x").
 func FieldsOf(kv ...any) *Fields {
-	f := NewFields()
+	f := &Fields{keys: make([]string, 0, len(kv)/2), vals: make([]any, 0, len(kv)/2)}
 	for i := 0; i+1 < len(kv); i += 2 {
 		k, _ := kv[i].(string)
 		f.Set(k, kv[i+1])
@@ -28,15 +34,44 @@ func FieldsOf(kv ...any) *Fields {
 	return f
 }
 
+// find returns k's position, or -1.
+func (f *Fields) find(k string) int {
+	if f.idx != nil {
+		if i, ok := f.idx[k]; ok {
+			return i
+		}
+		return -1
+	}
+	for i, key := range f.keys {
+		if key == k {
+			return i
+		}
+	}
+	return -1
+}
+
 // Set adds or replaces a key; a new key goes last.
 func (f *Fields) Set(k string, v any) {
-	if f.m == nil {
-		f.m = map[string]any{}
+	if i := f.find(k); i >= 0 {
+		f.vals[i] = v
+		return
 	}
-	if _, ok := f.m[k]; !ok {
-		f.keys = append(f.keys, k)
+	f.keys = append(f.keys, k)
+	f.vals = append(f.vals, v)
+	switch {
+	case f.idx != nil:
+		f.idx[k] = len(f.keys) - 1
+	case len(f.keys) > linearKeys:
+		f.index()
 	}
-	f.m[k] = v
+}
+
+// index builds the key index.
+func (f *Fields) index() {
+	f.idx = make(map[string]int, 2*len(f.keys))
+	for i, key := range f.keys {
+		f.idx[key] = i
+	}
 }
 
 // Get returns a key's value and whether it is present.
@@ -44,8 +79,10 @@ func (f *Fields) Get(k string) (any, bool) {
 	if f == nil {
 		return nil, false
 	}
-	v, ok := f.m[k]
-	return v, ok
+	if i := f.find(k); i >= 0 {
+		return f.vals[i], true
+	}
+	return nil, false
 }
 
 // Has reports whether k is present.
@@ -59,15 +96,15 @@ func (f *Fields) Delete(k string) {
 	if f == nil {
 		return
 	}
-	if _, ok := f.m[k]; !ok {
+	i := f.find(k)
+	if i < 0 {
 		return
 	}
-	delete(f.m, k)
-	for i, key := range f.keys {
-		if key == k {
-			f.keys = append(f.keys[:i:i], f.keys[i+1:]...)
-			break
-		}
+	// A fresh array: Keys' callers may hold the old one.
+	f.keys = append(f.keys[:i:i], f.keys[i+1:]...)
+	f.vals = append(f.vals[:i:i], f.vals[i+1:]...)
+	if f.idx != nil {
+		f.index()
 	}
 }
 
@@ -92,9 +129,9 @@ func (f *Fields) Clone() *Fields {
 	if f == nil {
 		return nil
 	}
-	c := &Fields{keys: append([]string(nil), f.keys...), m: make(map[string]any, len(f.m))}
-	for k, v := range f.m {
-		c.m[k] = v
+	c := &Fields{keys: append([]string(nil), f.keys...), vals: append([]any(nil), f.vals...)}
+	if f.idx != nil {
+		c.index()
 	}
 	return c
 }
@@ -102,8 +139,10 @@ func (f *Fields) Clone() *Fields {
 // Map returns the fields as a plain map (nested *Fields stay as they are).
 func (f *Fields) Map() map[string]any {
 	out := make(map[string]any, f.Len())
-	for _, k := range f.Keys() {
-		out[k] = f.m[k]
+	if f != nil {
+		for i, k := range f.keys {
+			out[k] = f.vals[i]
+		}
 	}
 	return out
 }

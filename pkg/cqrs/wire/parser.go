@@ -166,13 +166,27 @@ func (d *decoder) literal(lit string) error {
 	return nil
 }
 
+// decodedFields is a Fields with room for its first few keys, allocated at
+// once.
+type decodedFields struct {
+	f    Fields
+	keys [8]string
+	vals [8]any
+}
+
+func newDecodedFields() *Fields {
+	s := &decodedFields{}
+	s.f.keys, s.f.vals = s.keys[:0], s.vals[:0]
+	return &s.f
+}
+
 func (d *decoder) object() (any, error) {
 	d.depth++
 	if d.depth > maxDepth {
 		return nil, d.errf("nesting deeper than %d levels", maxDepth)
 	}
 	d.pos++ // '{'
-	f := &Fields{m: make(map[string]any, 8), keys: make([]string, 0, 8)}
+	f := newDecodedFields()
 	d.skipWS()
 	if d.pos < len(d.data) && d.data[d.pos] == '}' {
 		d.pos++
@@ -197,11 +211,7 @@ func (d *decoder) object() (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		n := len(f.m)
-		f.m[key] = v
-		if len(f.m) != n { // not a duplicate key
-			f.keys = append(f.keys, key)
-		}
+		f.Set(key, v) // a repeated key keeps its place and takes the last value
 		d.skipWS()
 		if d.pos >= len(d.data) {
 			return nil, d.unexpected("',' or '}'")
