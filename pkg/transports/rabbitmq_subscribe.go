@@ -167,7 +167,8 @@ const (
 // rabbitHeld is one delivery handed out as a Watermill message.
 type rabbitHeld struct {
 	sess     *rabbitSession
-	d        amqp.Delivery
+	tag      uint64            // the delivery's tag on sess's channel
+	ack      amqp.Acknowledger // the delivery's channel
 	msg      *message.Message
 	queue    string
 	log      *slog.Logger
@@ -249,7 +250,7 @@ func (s *rabbitSub) hold(sess *rabbitSession, d amqp.Delivery) *rabbitHeld {
 		msg.Metadata.Set(k, headerText(v))
 	}
 	msg.Metadata.Set(MetaRoutingKey, d.RoutingKey)
-	h := &rabbitHeld{sess: sess, d: d, msg: msg, queue: s.queue, log: s.log, detachCh: make(chan struct{})}
+	h := &rabbitHeld{sess: sess, tag: d.DeliveryTag, ack: d.Acknowledger, msg: msg, queue: s.queue, log: s.log, detachCh: make(chan struct{})}
 	sess.track(d.DeliveryTag)
 	msg.SetContext(WithDetach(s.ctx, h.detach))
 	return h
@@ -286,14 +287,14 @@ func (h *rabbitHeld) finish(ack bool) {
 	}
 	h.state = heldSettled
 	if ack {
-		wake := s.ackLocked(h.d.DeliveryTag)
+		wake := s.ackLocked(h.tag)
 		s.mu.Unlock()
 		if wake {
 			s.wakeFlusher()
 		}
 		return
 	}
-	if err := s.nackAndUnlock(h.d.DeliveryTag); err != nil {
+	if err := s.nackAndUnlock(h.tag); err != nil {
 		h.log.Debug("rabbitmq: could not nack a message; the broker delivers it again", "error", err.Error())
 	}
 }
@@ -317,7 +318,7 @@ func (h *rabbitHeld) detach() (Settle, error) {
 		return nil, fmt.Errorf("transports: rabbitmq: detach message %s: %w", h.msg.UUID, ErrRequeued)
 	}
 	h.state = heldDetached
-	s.detached[h.d.DeliveryTag] = h
+	s.detached[h.tag] = h
 	close(h.detachCh)
 	return h.settle, nil
 }
@@ -344,18 +345,18 @@ func (h *rabbitHeld) settle(ack bool) error {
 		return nil
 	}
 	h.state = heldSettled
-	delete(s.detached, h.d.DeliveryTag)
+	delete(s.detached, h.tag)
 	if !ack {
 		// A failed nack changes nothing: a lost channel hands it back as well.
-		_ = s.nackAndUnlock(h.d.DeliveryTag)
+		_ = s.nackAndUnlock(h.tag)
 		return nil
 	}
 	if s.lost() {
-		s.settledLocked(h.d.DeliveryTag)
+		s.settledLocked(h.tag)
 		s.mu.Unlock()
 		return fmt.Errorf("transports: rabbitmq: ack message %s from queue %q: %w: channel lost", h.msg.UUID, h.queue, ErrRequeued)
 	}
-	wake := s.ackLocked(h.d.DeliveryTag)
+	wake := s.ackLocked(h.tag)
 	s.mu.Unlock()
 	if wake {
 		s.wakeFlusher()
@@ -385,7 +386,9 @@ func (s *rabbitSub) end(sess *rabbitSession) {
 	sess.flush()
 	_ = sess.ch.Cancel(sess.tag, false)
 	for _, h := range held {
-		_ = h.d.Nack(false, true)
+		if h.ack != nil {
+			_ = h.ack.Nack(h.tag, false, true)
+		}
 	}
 	sess.acks.stats.nacks.Add(int64(len(held)))
 	if len(held) > 0 {

@@ -161,7 +161,10 @@ func (c *Consumer) applied(cqrsID string, res replica.Result, took time.Duration
 		if !c.log.Enabled(ctx, slog.LevelInfo) {
 			return
 		}
-		attrs = append(attrs[:len(attrs):len(attrs)], slog.String("outcome", string(res.Outcome)))
+		// The line's attributes are put together on the stack: attrs is
+		// the message's own and stays as it is.
+		var line [16]slog.Attr
+		attrs = append(append(line[:0], attrs...), slog.String("outcome", string(res.Outcome)))
 		if res.Gap > 0 {
 			attrs = append(attrs, slog.Int64("lost_packages", res.Gap))
 		}
@@ -180,7 +183,8 @@ func (c *Consumer) applied(cqrsID string, res replica.Result, took time.Duration
 	if !ok {
 		msg = "CQRS is skipped"
 	}
-	attrs = append(attrs[:len(attrs):len(attrs)], slog.String("outcome", string(res.Outcome)))
+	var line [16]slog.Attr
+	attrs = append(append(line[:0], attrs...), slog.String("outcome", string(res.Outcome)))
 	if res.Outcome == replica.OutcomeSkippedStale {
 		attrs = append(attrs, slog.Int64("stored_revision", res.StoredRevision))
 	}
