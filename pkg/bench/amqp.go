@@ -11,8 +11,8 @@ import (
 	"github.com/gocqrs/gocqrs/pkg/transports"
 )
 
-// relayRounds is the number of turns the relay and its raw baseline take.
-const relayRounds = 4
+// relayTurns is the number of turns the relay and its raw baseline take.
+const relayTurns = 4
 
 // relayRounds measures relay against the broker's limit as a plain amqp091
 // client sees it, in turns: each round commits its share of the rows to
@@ -30,8 +30,8 @@ func (e *env) relayRounds(ctx context.Context, relay *outbox.Relay, phase func(s
 			return err
 		}
 		var rawDur time.Duration
-		for r := range relayRounds {
-			first, last := r*n/relayRounds+1, (r+1)*n/relayRounds
+		for r := range relayTurns {
+			first, last := r*n/relayTurns+1, (r+1)*n/relayTurns
 			if last < first {
 				continue
 			}
@@ -82,12 +82,12 @@ func rawAMQPThrough(ctx context.Context, url string, n int, body []byte) (float6
 		}
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		consumed := make(chan error, 1)
-		start := time.Now()
 		confirms, err := confirmMode(ch)
 		if err != nil {
 			return err
 		}
+		consumed := make(chan error, 1)
+		start := time.Now()
 		go func() { consumed <- consumeN(cctx, cch, q, n) }()
 		if err := publishPipelined(ctx, ch, confirms, q, n, body); err != nil {
 			return err

@@ -265,7 +265,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	var relayDur time.Duration
 	switch o.Transport {
 	case transports.RabbitMQName:
-		fmt.Fprintf(p, "  relay and its baseline, a raw AMQP publisher, in %d rounds: fill the outbox, publish raw, relay\n", relayRounds)
+		fmt.Fprintf(p, "  relay and its baseline, a raw AMQP publisher, in %d rounds: fill the outbox, publish raw, relay\n", relayTurns)
 		pub, cons, dur, err := e.relayRounds(ctx, relay, o.Phase)
 		if err != nil {
 			return err
