@@ -31,7 +31,7 @@ func (e *env) relayRounds(ctx context.Context, relay *outbox.Relay, phase func(s
 		}
 		var rawDur time.Duration
 		for r := range relayTurns {
-			first, last := r*n/relayTurns+1, (r+1)*n/relayTurns
+			first, last := share(r, relayTurns, n)
 			if last < first {
 				continue
 			}

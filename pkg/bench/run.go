@@ -851,6 +851,10 @@ func (r *recorder) latencies(committed map[string]time.Time, commits map[string]
 
 var errNoAMQP = errors.New("bench: the rabbitmq transport needs an AMQP URL")
 
+// share is round r's rows, first..last, when n rows are measured in turns
+// rounds (empty, last < first, for some rounds when n < turns).
+func share(r, turns, n int) (first, last int) { return r*n/turns + 1, (r + 1) * n / turns }
+
 // applyTurns is the number of turns the replica's apply and the raw upsert
 // take over RabbitMQ (one elsewhere).
 const applyTurns = 4
@@ -861,7 +865,10 @@ const applyTurns = 4
 // upserts its share of the rows raw, then starts the replica's workers and
 // times them until they have applied that share, then stops them (untimed:
 // what they finish while stopping counts for neither), so that a change in
-// the machine's load falls on both alike. It returns the workers of the
+// the machine's load falls on both alike. A round whose share the workers
+// applied while the round before stopped them (when a share is smaller
+// than what they hold in flight) is not timed, nor is what the first
+// workers of a round apply while the others start. It returns the workers of the
 // last round, still running, with their stop function, and both rates in
 // rows/s: the rows applied within the timed windows over their time.
 func (e *env) applyRounds(ctx context.Context, rec *recorder, phase func(string) func()) (stop func(), cons workers, raw, apply float64, err error) {
@@ -874,7 +881,7 @@ func (e *env) applyRounds(ctx context.Context, rec *recorder, phase func(string)
 	var rawDur, applyDur time.Duration
 	var done, timed int64 // messages applied in all, and within the timed windows
 	for r := range turns {
-		first, last := r*n/turns+1, (r+1)*n/turns
+		first, last := share(r, turns, n)
 		if last < first {
 			continue
 		}
@@ -883,26 +890,34 @@ func (e *env) applyRounds(ctx context.Context, rec *recorder, phase func(string)
 			return nil, nil, 0, 0, fmt.Errorf("raw upsert baseline: %w", err)
 		}
 		rawDur += d
+		want := int64(last) - done // what is left of the rounds so far
+		if want <= 0 && r < turns-1 {
+			fmt.Fprintf(p, "    round %d: %d rows: raw upsert %.0f rows/s; the replica applied its share while stopping\n",
+				r+1, last-first+1, float64(last-first+1)/d.Seconds())
+			continue
+		}
 		end := phase("apply")
 		stop, cons, err = e.startConsumer(ctx, rec)
 		if err != nil {
 			end()
 			return nil, nil, 0, 0, err
 		}
-		want := int64(last) - done
-		start := time.Now()
+		// The clock starts once every worker runs: what the first ones
+		// applied meanwhile is not counted.
+		start, before := time.Now(), cons.Done()
 		err = waitFor(ctx, 10*time.Minute, func() bool { return cons.Done() >= want })
-		took := time.Since(start)
-		got := cons.Done()
+		took, got := time.Since(start), cons.Done()-before
 		end()
 		if err != nil {
 			stop()
-			return nil, nil, 0, 0, fmt.Errorf("apply: %d of %d messages done: %w", done+got, n, err)
+			return nil, nil, 0, 0, fmt.Errorf("apply: %d of %d messages done: %w", done+before+got, n, err)
 		}
-		applyDur, timed = applyDur+took, timed+got
-		if turns > 1 {
-			fmt.Fprintf(p, "    round %d: %d rows: raw upsert %.0f rows/s, replica %.0f rows/s\n", r+1, last-first+1,
-				float64(last-first+1)/d.Seconds(), float64(got)/took.Seconds())
+		if got > 0 {
+			applyDur, timed = applyDur+took, timed+got
+			if turns > 1 {
+				fmt.Fprintf(p, "    round %d: %d rows: raw upsert %.0f rows/s, replica %.0f rows/s\n", r+1, last-first+1,
+					float64(last-first+1)/d.Seconds(), float64(got)/took.Seconds())
+			}
 		}
 		if r == turns-1 {
 			break // the last round's workers stay up for the drain
