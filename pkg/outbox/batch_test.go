@@ -476,3 +476,78 @@ func TestWholeCallRefusalFallsBackToSingleMessages(t *testing.T) {
 		t.Fatalf("%d Publish calls, want 5 (1 refused whole, 4 single)", c)
 	}
 }
+
+// gatePublisher holds every call until gate is closed.
+type gatePublisher struct {
+	next message.Publisher
+	gate chan struct{}
+}
+
+func (p *gatePublisher) Publish(topic string, msgs ...*message.Message) error {
+	<-p.gate
+	return p.next.Publish(topic, msgs...)
+}
+
+func (p *gatePublisher) Close() error { return nil }
+
+// While two batches wait for their confirms, Run has claimed and checked a
+// third, which goes out once the first settles; its rows of an entity the
+// first batch did not get confirmed stay back.
+func TestRunClaimsThirdBatchWhileTwoAwaitConfirms(t *testing.T) {
+	t.Parallel()
+	testenv.EachDB(t, func(t *testing.T, db *testenv.DB) {
+		migrated(t, db)
+		ghost := func(n int) Message {
+			return Message{CQRSID: "ghost", EntityKey: "ghost:1", Topic: "ghost", Body: []byte(fmt.Sprintf(`{"n":%d}`, n))}
+		}
+		// Batches of two: g1 a1 | a2 a3 | g2 a4 | a5. g1 is refused, so g2,
+		// claimed while the first two batches waited, must not go out.
+		ids := insertCommitted(t, db.DB, db, []Message{
+			ghost(1), msg("author", 1, 1), msg("author", 2, 1), msg("author", 3, 1), ghost(2), msg("author", 4, 1), msg("author", 5, 1),
+		})
+		s := newSink(t, "author", "ghost")
+		rej := &rejectingPublisher{next: s, topic: "ghost"}
+		rej.reject.Store(true)
+		pub := &gatePublisher{next: rej, gate: make(chan struct{})}
+		r := newRelay(t, db.DB, db, pub, RelayOptions{BatchSize: 2, ErrorBackoff: time.Hour, ErrorBackoffMax: time.Hour})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		testenv.WaitFor(t, 20*time.Second, "three batches claimed while nothing is confirmed", func() bool {
+			claimed := 0
+			for _, row := range rowsOf(t, db) {
+				if row.ClaimedBy != nil {
+					claimed++
+				}
+			}
+			return claimed == 6
+		})
+		if n := s.count(); n != 0 {
+			t.Fatalf("%d messages delivered before the gate opened", n)
+		}
+		close(pub.gate)
+		testenv.WaitFor(t, 20*time.Second, "the author rows published and the ghost rows unclaimed", func() bool {
+			if s.count() < 5 {
+				return false
+			}
+			for _, row := range rowsOf(t, db) {
+				if row.ClaimedBy != nil {
+					return false
+				}
+			}
+			return true
+		})
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		rows := rowsOf(t, db)
+		if len(rows) != 2 || rows[0].ID != ids[0] || rows[1].ID != ids[4] {
+			t.Fatalf("rows left = %+v, want the two ghost rows", rows)
+		}
+		if rows[0].Attempts != 1 || rows[1].Attempts != 0 {
+			t.Fatalf("ghost rows = %+v: want the first refused once, the second never tried", rows)
+		}
+		checkOnceInOrder(t, s.all(), []int64{ids[1], ids[2], ids[3], ids[5], ids[6]})
+	})
+}

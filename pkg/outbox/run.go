@@ -26,14 +26,21 @@ import (
 // that the broker never runs dry between batches. The next batch's rows of
 // an entity still in flight wait for that entity's outcome: they are
 // published only if its rows in flight were all confirmed, and released
-// otherwise. A relay holds two batches then; so that relays sharing hot
-// entities do not hold each other's rows back twice as much, a batch that
-// had to hand rows back behind another relay's (RelayStats.Released) is not
-// followed by a claim ahead.
+// otherwise. Meanwhile a third batch is claimed and checked, not published:
+// it goes out as soon as the current batch has settled, beside the next
+// one, so that the broker gets new messages the moment it confirms the
+// ones it has (RabbitMQ confirms a queue's persistent messages in bulk,
+// once it has caught up with them, so the two batches in flight tend to
+// settle together; without a third batch ready, the broker would wait for
+// a delete and a claim). A relay holds up to three batches then; so that
+// relays sharing hot entities do not hold each other's rows back more, a
+// batch that had to hand rows back behind another relay's
+// (RelayStats.Released) is not followed by a claim ahead.
 //
 // When ctx is cancelled, Run finishes the batch in flight (publish, delete,
 // release; bounded by ClaimTTL), settles the part of the batch claimed
-// ahead that already went out, releases the rest and returns nil. It returns an error only if Run is already running on this
+// ahead that already went out, releases the rest (and the batch claimed
+// after it) and returns nil. It returns an error only if Run is already running on this
 // relay.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.runMu.TryLock() {
@@ -55,6 +62,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		idle     = r.opts.PollMin
 		errWait  time.Duration
 		next     *prepared     // claimed ahead while the batch before was published
+		spare    *prepared     // claimed after next, not published yet
 		behind   *settled      // published, not finished yet
 		recheck  bool          // this cycle's claim is the one after taking the lock (R3)
 		lastWait time.Duration // the wait decided before that claim
@@ -66,15 +74,23 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		s := *behind
 		behind = nil
+		r.logConfirmed(ctx, s.sent)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 		defer cancel()
 		return r.conclude(s, nil, r.finish(fctx, s))
 	}
+	// abandonAhead ends the batches claimed ahead, in claim order.
+	abandonAhead := func() {
+		for _, p := range []**prepared{&next, &spare} {
+			if *p != nil {
+				r.abandon(ctx, *p)
+				*p = nil
+			}
+		}
+	}
 	defer func() {
 		_ = finishBehind()
-		if next != nil {
-			r.abandon(ctx, next)
-		}
+		abandonAhead()
 	}()
 
 	for {
@@ -96,7 +112,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		published := 0
 		if err == nil && !cur.empty() {
-			published, err = r.runBatch(ctx, cur, &next, &behind)
+			published, err = r.runBatch(ctx, cur, &next, &spare, &behind)
 		}
 		r.cycles.Add(1)
 
@@ -134,10 +150,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		// Nothing is held while waiting.
 		_ = finishBehind() // recorded and logged; the wait is decided already
-		if next != nil {
-			r.abandon(ctx, next)
-			next = nil
-		}
+		abandonAhead()
 		if wakeable && listening.healthy() {
 			if !safe && wait >= armMinWait {
 				switch wl.arm(ctx) {
@@ -169,49 +182,76 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 // runBatch publishes cur and returns how many of its rows were published.
-// Meanwhile it finishes the batch behind and, when cur was a full batch
-// with rows to publish and not contended, claims the next one and starts
-// publishing its rows of entities cur does not hold (the batch is stored in
-// *next, its rows of entities cur did not fully confirm held back); cur's
-// settlement becomes the batch behind. The error is cur's publish failure,
-// or a failure of the work done meanwhile.
-func (r *Relay) runBatch(ctx context.Context, cur *prepared, next **prepared, behind **settled) (int, error) {
+// Meanwhile it finishes the batch behind (its log lines included) and, when
+// cur was a full batch with rows to publish and not contended, makes sure a
+// batch claimed ahead of cur is being published: *spare, claimed while the
+// batch behind was in flight, launched now (less its rows of entities the
+// batch behind did not fully confirm), or else a batch claimed now. Of that
+// batch, the rows of entities cur does not hold go out at once; it is stored
+// in *next, its rows of entities cur did not fully confirm held back. When
+// that batch is full and not contended either, the one after it is claimed
+// too and stored in *spare, not published yet. cur's settlement becomes
+// the batch behind. The error is cur's publish failure, or a failure of the
+// work done meanwhile.
+func (r *Relay) runBatch(ctx context.Context, cur *prepared, next, spare **prepared, behind **settled) (int, error) {
 	// The batch is not cut off by ctx: it ends with its lease.
 	cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), cur.claimedAt.Add(r.opts.ClaimTTL))
 	defer cancel()
 
 	var (
 		aheadErr error
-		ahead    *prepared
+		ahead    *prepared // published beside cur
+		after    *prepared // claimed after ahead, for the next call
 		done     = make(chan struct{})
 	)
 	prev := *behind
 	*behind = nil
+	if sp := *spare; sp != nil {
+		*spare = nil
+		if ctx.Err() != nil {
+			r.abandon(ctx, sp)
+		} else {
+			// Claimed while prev was in flight: prev has settled now.
+			if prev != nil {
+				sp.hold(prev.blocked)
+			}
+			ahead = sp
+			r.launchEarly(ctx, ahead, cur.keep)
+		}
+	}
 	go func() {
 		defer close(done)
 		if prev != nil {
+			r.logConfirmed(ctx, prev.sent)
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 			aheadErr = r.conclude(*prev, nil, r.finish(fctx, *prev))
 			cancel()
 		}
-		if aheadErr == nil && cur.full(r.opts.BatchSize) && len(cur.keep) > 0 && !cur.contended && ctx.Err() == nil {
-			ahead, aheadErr = r.prepareUncancelled(ctx, cur.keep)
-			if ahead != nil {
-				r.launchEarly(ctx, ahead, cur.keep)
+		if aheadErr != nil || ctx.Err() != nil {
+			return
+		}
+		if ahead == nil && cur.full(r.opts.BatchSize) && len(cur.keep) > 0 && !cur.contended {
+			if ahead, aheadErr = r.prepareUncancelled(ctx, cur.keep); ahead == nil {
+				return
 			}
+			r.launchEarly(ctx, ahead, cur.keep)
+		}
+		if aheadErr == nil && ahead.full(r.opts.BatchSize) && len(ahead.keep) > 0 && !ahead.contended && ctx.Err() == nil {
+			held := make([]claimedRow, 0, len(cur.keep)+len(ahead.keep))
+			after, aheadErr = r.prepareUncancelled(ctx, append(append(held, cur.keep...), ahead.keep...))
 		}
 	}()
 	s, pubErr := r.publishPrepared(cctx, cur, true)
-	// The log lines are written while the work started above goes on.
-	r.logConfirmed(ctx, s.sent)
-	s.sent = nil
 	<-done
 
 	if pubErr != nil {
-		// The transport failed: the batch ahead publishes nothing more.
-		if ahead != nil {
-			r.abandon(ctx, ahead)
+		// The transport failed: the batches ahead publish nothing more.
+		for _, p := range []*prepared{ahead, after} {
+			if p != nil {
+				r.abandon(ctx, p)
+			}
 		}
+		r.logConfirmed(ctx, s.sent)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 		defer cancel()
 		return len(s.done), r.conclude(s, pubErr, r.finish(fctx, s))
@@ -220,6 +260,7 @@ func (r *Relay) runBatch(ctx context.Context, cur *prepared, next **prepared, be
 		ahead.hold(s.blocked)
 		*next = ahead
 	}
+	*spare = after
 	*behind = &s
 	return len(s.done), aheadErr
 }
