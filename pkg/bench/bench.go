@@ -25,6 +25,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/gocqrs/gocqrs/pkg/outbox"
 )
 
 // Options configure a benchmark run.
@@ -50,7 +52,8 @@ type Options struct {
 	// PostgresURL selects PostgreSQL for both sides (a schema each per run);
 	// empty means SQLite files in a temporary directory.
 	PostgresURL string
-	// BatchSize is the consumer's batch (default 500); RelayBatch the relay's (default 1000).
+	// BatchSize is the consumer's batch (default 500); RelayBatch the
+	// relay's (default outbox.DefaultBatchSize, as cqrs-relay).
 	BatchSize  int
 	RelayBatch int
 	// Workers is the number of replica consumers on the queue (default 2,
@@ -93,7 +96,7 @@ func (o *Options) fill() {
 		o.Workers = 2
 	}
 	if o.RelayBatch <= 0 {
-		o.RelayBatch = 1000
+		o.RelayBatch = outbox.DefaultBatchSize
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gocqrs/gocqrs/pkg/bench"
+	"github.com/gocqrs/gocqrs/pkg/outbox"
 )
 
 func runBench(ctx context.Context, env Env, args []string) error {
@@ -33,7 +34,7 @@ for each run.`)
 	writes := fs.Int("writes", 2000, "transactions for the master write measurement")
 	runs := fs.Int("runs", 3, "runs; the table shows the median")
 	batch := fs.Int("batch", 500, "replica batch size (1 = one message per transaction)")
-	relayBatch := fs.Int("relay-batch", 1000, "relay batch size (outbox rows claimed at once, as master.relay_batch_size)")
+	relayBatch := fs.Int("relay-batch", outbox.DefaultBatchSize, "relay batch size (outbox rows claimed at once, as master.relay_batch_size)")
 	workers := fs.Int("w", 2, "replica workers (consumers on the queue), as cqrs-consume -w")
 	rate := fs.Int("rate", 2000, "offered rows/s for the latency measurement")
 	rateFor := fs.Duration("rate-for", 5*time.Second, "how long the latency load runs")

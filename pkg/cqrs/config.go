@@ -70,7 +70,7 @@ type MasterConfig struct {
 	MessageTTL Duration `mapstructure:"message_ttl"`
 	// OutboxTable names the outbox table (default cqrs_outbox).
 	OutboxTable string `mapstructure:"outbox_table"`
-	// RelayBatchSize is how many outbox rows the relay claims at once (default 500).
+	// RelayBatchSize is how many outbox rows the relay claims at once (default 1000).
 	RelayBatchSize int `mapstructure:"relay_batch_size"`
 }
 
