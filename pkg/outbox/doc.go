@@ -22,9 +22,10 @@
 // batch.go), and outcomes come back per message
 // ([transports.PublishError]), so one refused message sets aside only its
 // row and holds back only its entity. While there is a backlog, [Relay.Run]
-// claims and checks the next batch and deletes the previous one while a
-// batch is being published, so that the broker's pace, not the database
-// round trips, bounds the relay.
+// claims and checks the next batches and deletes the previous one while a
+// batch is being published (up to two batches in flight and a third ready),
+// so that the broker's pace, not the database round trips, bounds the
+// relay.
 //
 // Wake-up: on PostgreSQL, migration 2 adds a trigger that NOTIFYs on insert
 // and Run LISTENs (see notify.go), so an idle relay publishes new rows at
