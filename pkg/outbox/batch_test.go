@@ -303,11 +303,8 @@ func TestRunHoldsBackEntityOfRefusedRowAcrossBatches(t *testing.T) {
 	t.Parallel()
 	testenv.EachDB(t, func(t *testing.T, db *testenv.DB) {
 		migrated(t, db)
-		ghost := func(n int) Message {
-			return Message{CQRSID: "ghost", EntityKey: "ghost:1", Topic: "ghost", Body: []byte(fmt.Sprintf(`{"n":%d}`, n))}
-		}
 		ids := insertCommitted(t, db.DB, db, []Message{
-			ghost(1), msg("author", 1, 1), ghost(2), msg("author", 2, 1), ghost(3), msg("author", 3, 1), msg("author", 4, 1),
+			ghostMsg(1), msg("author", 1, 1), ghostMsg(2), msg("author", 2, 1), ghostMsg(3), msg("author", 3, 1), msg("author", 4, 1),
 		})
 		s := newSink(t, "author", "ghost")
 		pub := &rejectingPublisher{next: s, topic: "ghost"}
@@ -315,24 +312,9 @@ func TestRunHoldsBackEntityOfRefusedRowAcrossBatches(t *testing.T) {
 		// Batch one is g1 a1 g2 a2; the batch claimed ahead meanwhile is
 		// g3 a3 a4, whose g3 must wait for g1 (refused).
 		r := newRelay(t, db.DB, db, pub, RelayOptions{BatchSize: 4, ErrorBackoff: time.Hour, ErrorBackoffMax: time.Hour})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- r.Run(ctx) }()
-		testenv.WaitFor(t, 20*time.Second, "the author rows published and the ghost rows unclaimed", func() bool {
-			if s.count() < 4 {
-				return false
-			}
-			for _, row := range rowsOf(t, db) {
-				if row.ClaimedBy != nil {
-					return false
-				}
-			}
-			return true
-		})
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop := startRun(t, r)
+		waitPublishedUnclaimed(t, db, s, 4)
+		stop()
 		rows := rowsOf(t, db)
 		if len(rows) != 3 || rows[0].ID != ids[0] || rows[1].ID != ids[2] || rows[2].ID != ids[4] {
 			t.Fatalf("rows left = %+v, want the three ghost rows", rows)
@@ -364,9 +346,7 @@ func TestRunReleasesBatchAheadOnTransportFailure(t *testing.T) {
 		pub := &downTopicPublisher{next: s, topic: "book"}
 		pub.down.Store(true)
 		r := newRelay(t, db.DB, db, pub, RelayOptions{BatchSize: 2, ErrorBackoff: time.Hour, ErrorBackoffMax: time.Hour})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- r.Run(ctx) }()
+		stop := startRun(t, r)
 		testenv.WaitFor(t, 20*time.Second, "the failed cycle recorded and every row unclaimed", func() bool {
 			if r.Stats().Errors < 1 {
 				return false
@@ -378,10 +358,7 @@ func TestRunReleasesBatchAheadOnTransportFailure(t *testing.T) {
 			}
 			return true
 		})
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 		if st := r.Stats(); !errors.Is(st.LastError, errBrokerDown) {
 			t.Fatalf("last error %v, want the broker failure", st.LastError)
 		}
@@ -398,8 +375,9 @@ func TestRunReleasesBatchAheadOnTransportFailure(t *testing.T) {
 	})
 }
 
-// topicGate holds every call on one topic until gate is closed and passes
-// the others through at once: a slow broker queue next to a fast one.
+// topicGate holds every call on one topic (every call when topic is
+// empty) until gate is closed and passes the others through at once: a slow
+// broker queue next to a fast one.
 type topicGate struct {
 	next  message.Publisher
 	topic string
@@ -407,7 +385,7 @@ type topicGate struct {
 }
 
 func (p *topicGate) Publish(topic string, msgs ...*message.Message) error {
-	if topic == p.topic {
+	if p.topic == "" || topic == p.topic {
 		<-p.gate
 	}
 	return p.next.Publish(topic, msgs...)
@@ -427,9 +405,7 @@ func TestRunPublishesNextBatchEarly(t *testing.T) {
 		s := newSink(t, "slow", "fast")
 		pub := &topicGate{next: s, topic: "slow", gate: make(chan struct{})}
 		r := newRelay(t, db.DB, db, pub, RelayOptions{BatchSize: 2})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- r.Run(ctx) }()
+		stop := startRun(t, r)
 		testenv.WaitFor(t, 20*time.Second, "the fast row of the next batch published while the first waits", func() bool {
 			return s.count() == 1
 		})
@@ -438,10 +414,7 @@ func TestRunPublishesNextBatchEarly(t *testing.T) {
 		}
 		close(pub.gate)
 		testenv.WaitFor(t, 20*time.Second, "everything published", func() bool { return rowCount(t, db) == 0 })
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 		checkOnceInOrder(t, s.all(), ids)
 	})
 }
@@ -477,19 +450,6 @@ func TestWholeCallRefusalFallsBackToSingleMessages(t *testing.T) {
 	}
 }
 
-// gatePublisher holds every call until gate is closed.
-type gatePublisher struct {
-	next message.Publisher
-	gate chan struct{}
-}
-
-func (p *gatePublisher) Publish(topic string, msgs ...*message.Message) error {
-	<-p.gate
-	return p.next.Publish(topic, msgs...)
-}
-
-func (p *gatePublisher) Close() error { return nil }
-
 // While two batches wait for their confirms, Run has claimed and checked a
 // third, which goes out once the first settles; its rows of an entity the
 // first batch did not get confirmed stay back.
@@ -497,50 +457,26 @@ func TestRunClaimsThirdBatchWhileTwoAwaitConfirms(t *testing.T) {
 	t.Parallel()
 	testenv.EachDB(t, func(t *testing.T, db *testenv.DB) {
 		migrated(t, db)
-		ghost := func(n int) Message {
-			return Message{CQRSID: "ghost", EntityKey: "ghost:1", Topic: "ghost", Body: []byte(fmt.Sprintf(`{"n":%d}`, n))}
-		}
 		// Batches of two: g1 a1 | a2 a3 | g2 a4 | a5. g1 is refused, so g2,
 		// claimed while the first two batches waited, must not go out.
 		ids := insertCommitted(t, db.DB, db, []Message{
-			ghost(1), msg("author", 1, 1), msg("author", 2, 1), msg("author", 3, 1), ghost(2), msg("author", 4, 1), msg("author", 5, 1),
+			ghostMsg(1), msg("author", 1, 1), msg("author", 2, 1), msg("author", 3, 1), ghostMsg(2), msg("author", 4, 1), msg("author", 5, 1),
 		})
 		s := newSink(t, "author", "ghost")
 		rej := &rejectingPublisher{next: s, topic: "ghost"}
 		rej.reject.Store(true)
-		pub := &gatePublisher{next: rej, gate: make(chan struct{})}
+		pub := &topicGate{next: rej, gate: make(chan struct{})} // every call waits
 		r := newRelay(t, db.DB, db, pub, RelayOptions{BatchSize: 2, ErrorBackoff: time.Hour, ErrorBackoffMax: time.Hour})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- r.Run(ctx) }()
+		stop := startRun(t, r)
 		testenv.WaitFor(t, 20*time.Second, "three batches claimed while nothing is confirmed", func() bool {
-			claimed := 0
-			for _, row := range rowsOf(t, db) {
-				if row.ClaimedBy != nil {
-					claimed++
-				}
-			}
-			return claimed == 6
+			return claimedRows(t, db) == 6
 		})
 		if n := s.count(); n != 0 {
 			t.Fatalf("%d messages delivered before the gate opened", n)
 		}
 		close(pub.gate)
-		testenv.WaitFor(t, 20*time.Second, "the author rows published and the ghost rows unclaimed", func() bool {
-			if s.count() < 5 {
-				return false
-			}
-			for _, row := range rowsOf(t, db) {
-				if row.ClaimedBy != nil {
-					return false
-				}
-			}
-			return true
-		})
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		waitPublishedUnclaimed(t, db, s, 5)
+		stop()
 		rows := rowsOf(t, db)
 		if len(rows) != 2 || rows[0].ID != ids[0] || rows[1].ID != ids[4] {
 			t.Fatalf("rows left = %+v, want the two ghost rows", rows)
@@ -549,5 +485,47 @@ func TestRunClaimsThirdBatchWhileTwoAwaitConfirms(t *testing.T) {
 			t.Fatalf("ghost rows = %+v: want the first refused once, the second never tried", rows)
 		}
 		checkOnceInOrder(t, s.all(), []int64{ids[1], ids[2], ids[3], ids[5], ids[6]})
+	})
+}
+
+// ghostMsg is row n of the entity ghost:1, on topic "ghost".
+func ghostMsg(n int) Message {
+	return Message{CQRSID: "ghost", EntityKey: "ghost:1", Topic: "ghost", Body: []byte(fmt.Sprintf(`{"n":%d}`, n))}
+}
+
+// startRun starts r.Run; stop cancels it, waits for it and fails the test
+// if Run returned an error.
+func startRun(t *testing.T, r *Relay) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}
+}
+
+// claimedRows counts the outbox rows some relay holds.
+func claimedRows(t *testing.T, db *testenv.DB) int {
+	t.Helper()
+	n := 0
+	for _, row := range rowsOf(t, db) {
+		if row.ClaimedBy != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// waitPublishedUnclaimed waits until s received at least n messages and no
+// outbox row is claimed.
+func waitPublishedUnclaimed(t *testing.T, db *testenv.DB, s *sink, n int) {
+	t.Helper()
+	testenv.WaitFor(t, 20*time.Second, fmt.Sprintf("%d messages published and no row claimed", n), func() bool {
+		return s.count() >= n && claimedRows(t, db) == 0
 	})
 }

@@ -18,15 +18,7 @@ import (
 // created it.
 func runRelay(t *testing.T, r *Relay) *listener {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v", err)
-		}
-	})
+	t.Cleanup(startRun(t, r))
 	testenv.WaitFor(t, 10*time.Second, "Run to start its listener", func() bool { return r.listening.Load() != nil })
 	return r.listening.Load()
 }
