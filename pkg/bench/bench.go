@@ -147,6 +147,14 @@ type Report struct {
 	Equal bool
 }
 
+// add records one run's value of the figure name (made on first use) and
+// returns the figure.
+func (r *Report) add(name, unit string, v float64) *Figure {
+	f := r.figure(name, unit)
+	f.Runs = append(f.Runs, v)
+	return f
+}
+
 func (r *Report) figure(name, unit string) *Figure {
 	for _, f := range r.Figures {
 		if f.Name == name {

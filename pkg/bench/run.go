@@ -248,9 +248,8 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	rep.figure(fWritePlain, "tx/s").Runs = append(rep.figure(fWritePlain, "tx/s").Runs, float64(o.WriteTxs)/plain.Seconds())
-	fw := rep.figure(fWriteOutbox, "tx/s")
-	fw.Runs = append(fw.Runs, float64(o.WriteTxs)/withOutbox.Seconds())
+	rep.add(fWritePlain, "tx/s", float64(o.WriteTxs)/plain.Seconds())
+	fw := rep.add(fWriteOutbox, "tx/s", float64(o.WriteTxs)/withOutbox.Seconds())
 	fw.Against, fw.Goal, fw.Higher, fw.GoalIsRatio = fWritePlain, 1/1.5, true, true
 	if err := e.reset(ctx); err != nil {
 		return err
@@ -271,8 +270,8 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 			return err
 		}
 		relayDur = dur
-		rep.figure(fRawAMQP, "msg/s").Runs = append(rep.figure(fRawAMQP, "msg/s").Runs, pub)
-		rep.figure(fRawConsume, "msg/s").Runs = append(rep.figure(fRawConsume, "msg/s").Runs, cons)
+		rep.add(fRawAMQP, "msg/s", pub)
+		rep.add(fRawConsume, "msg/s", cons)
 		rawPub, rawCons = fRawAMQP, fRawConsume
 	case transports.KafkaName:
 		fmt.Fprintf(p, "  baseline: raw Kafka producer and consumer (Sarama), %d messages\n", o.Rows)
@@ -280,8 +279,8 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		if err != nil {
 			return fmt.Errorf("raw Kafka baseline: %w", err)
 		}
-		rep.figure(fRawKafka, "msg/s").Runs = append(rep.figure(fRawKafka, "msg/s").Runs, pub)
-		rep.figure(fRawKConsume, "msg/s").Runs = append(rep.figure(fRawKConsume, "msg/s").Runs, cons)
+		rep.add(fRawKafka, "msg/s", pub)
+		rep.add(fRawKConsume, "msg/s", cons)
 		rawPub, rawCons = fRawKafka, fRawKConsume
 	}
 	if o.Transport != transports.RabbitMQName { // measured in rounds above otherwise
@@ -297,8 +296,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 			return err
 		}
 	}
-	fr := rep.figure(fRelay, "msg/s")
-	fr.Runs = append(fr.Runs, float64(o.Rows)/relayDur.Seconds())
+	fr := rep.add(fRelay, "msg/s", float64(o.Rows)/relayDur.Seconds())
 	if rawPub != "" {
 		fr.Against, fr.Goal, fr.Higher, fr.GoalIsRatio = rawPub, 0.7, true, true
 	}
@@ -310,16 +308,14 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		return err
 	}
 	printBatches(p, "apply", rec)
-	rep.figure(fRawUpsert, "rows/s").Runs = append(rep.figure(fRawUpsert, "rows/s").Runs, rawRate)
-	fa := rep.figure(fApply, "rows/s")
-	fa.Runs = append(fa.Runs, applyRate)
+	rep.add(fRawUpsert, "rows/s", rawRate)
+	fa := rep.add(fApply, "rows/s", applyRate)
 	fa.Against, fa.Goal, fa.Higher, fa.GoalIsRatio = fRawUpsert, 0.5, true, true
 	if rawCons != "" {
 		// What a plain client consumes from the broker, for comparison
 		// (not a hard bound: it is one consumer, started right after the
 		// raw publish; the replica has run above it).
-		fb := rep.figure(fApplyBroker, "rows/s")
-		fb.Runs = append(fb.Runs, fa.Runs[len(fa.Runs)-1])
+		fb := rep.add(fApplyBroker, "rows/s", fa.Runs[len(fa.Runs)-1])
 		fb.Against = rawCons
 	}
 
@@ -337,8 +333,7 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 			stopConsumer()
 			return fmt.Errorf("raw AMQP pass-through baseline: %w", err)
 		}
-		f := rep.figure(fRawThrough, "msg/s")
-		f.Runs = append(f.Runs, through)
+		rep.add(fRawThrough, "msg/s", through)
 		drainBound = fRawThrough
 	}
 	before := cons.Done()
@@ -359,15 +354,13 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 		return fmt.Errorf("drain: %w", err)
 	}
 	printBatches(p, "drain", rec)
-	fd := rep.figure(fDrain, "rows/s")
-	fd.Runs = append(fd.Runs, float64(o.Rows)/time.Since(start).Seconds())
+	fd := rep.add(fDrain, "rows/s", float64(o.Rows)/time.Since(start).Seconds())
 	fd.Goal, fd.Higher = 10000, true
 	if drainBound != "" {
 		// Every row crosses the broker once: the drain cannot exceed what
 		// a raw client gets through it (RabbitMQ: published and consumed
 		// at once; Kafka: produced).
-		fb := rep.figure(fDrainBroker, "rows/s")
-		fb.Runs = append(fb.Runs, fd.Runs[len(fd.Runs)-1])
+		fb := rep.add(fDrainBroker, "rows/s", fd.Runs[len(fd.Runs)-1])
 		fb.Against = drainBound
 	}
 
@@ -382,10 +375,8 @@ func runOnce(ctx context.Context, o Options, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	f50 := rep.figure(fP50, "ms")
-	f50.Runs = append(f50.Runs, p50)
-	f99 := rep.figure(fP99, "ms")
-	f99.Runs = append(f99.Runs, p99)
+	rep.add(fP50, "ms", p50)
+	f99 := rep.add(fP99, "ms", p99)
 	f99.Goal, f99.Higher = 100, false
 
 	verdict, err := e.compare(ctx)
