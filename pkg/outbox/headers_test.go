@@ -57,3 +57,39 @@ func TestSetFlatHeadersMatchesJSON(t *testing.T) {
 		}
 	}
 }
+
+// The headers Insert writes without encoding/json are byte for byte what
+// json.Marshal writes; anything it would escape is left to json.Marshal.
+func TestFlatHeadersMatchJSONMarshal(t *testing.T) {
+	for _, c := range []struct {
+		in   map[string]string
+		fast bool
+	}{
+		{map[string]string{"pk": "42", "revision": "7"}, true},
+		{map[string]string{"revision": "7", "pk": "42", "correlation_id": "req-1",
+			"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "a=b,c=d"}, true},
+		{map[string]string{"": ""}, true},
+		{map[string]string{"b": "1", "a": "2", "B": "3", "a_": "4", "a ": "5"}, true},
+		{map[string]string{"pk": "<b>"}, false},
+		{map[string]string{"pk": "a&b"}, false},
+		{map[string]string{"pk": `x"y`}, false},
+		{map[string]string{"pk": `x\y`}, false},
+		{map[string]string{"pk": "é"}, false},
+		{map[string]string{"pk": "a\nb"}, false},
+		{map[string]string{"pk": "\x7f"}, false},
+		{map[string]string{"a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6", "g": "7", "h": "8", "i": "9"}, false},
+	} {
+		want, err := json.Marshal(c.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := flatHeaders(c.in)
+		if ok != c.fast {
+			t.Errorf("flatHeaders(%v) took it: %v, want %v", c.in, ok, c.fast)
+			continue
+		}
+		if ok && got != string(want) {
+			t.Errorf("flatHeaders(%v) = %s, json.Marshal %s", c.in, got, want)
+		}
+	}
+}
