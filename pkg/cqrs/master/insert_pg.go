@@ -250,17 +250,13 @@ func sameScannedValue(kind dialect.Kind, a, b any) bool {
 	}
 	switch x := a.(type) {
 	case string:
-		y, ok := b.(string)
-		return ok && x == y
+		return equalAs(x, b)
 	case bool:
-		y, ok := b.(bool)
-		return ok && x == y
+		return equalAs(x, b)
 	case int64:
-		y, ok := b.(int64)
-		return ok && x == y
+		return equalAs(x, b)
 	case float64:
-		y, ok := b.(float64)
-		return ok && x == y
+		return equalAs(x, b)
 	case []byte:
 		y, ok := b.([]byte)
 		return ok && bytes.Equal(x, y)
@@ -274,6 +270,12 @@ func sameScannedValue(kind dialect.Kind, a, b any) bool {
 		return kind == dialect.KindDateTime || x.Location() == y.Location()
 	}
 	return false
+}
+
+// equalAs reports whether b is a T equal to x.
+func equalAs[T comparable](x T, b any) bool {
+	y, ok := b.(T)
+	return ok && x == y
 }
 
 // sameRow reports whether two serialised rows are the same on the wire.

@@ -2,7 +2,6 @@ package master
 
 import (
 	"database/sql"
-	"fmt"
 	"testing"
 	"time"
 
@@ -51,9 +50,7 @@ func TestSameScannedValueAgreesWithToWire(t *testing.T) {
 		{dialect.KindString, sql.NullString{String: "x", Valid: true}, sql.NullString{String: "x", Valid: true}, false},
 	} {
 		if got := sameScannedValue(c.kind, c.a, c.b); got != c.want {
-			t.Errorf("sameScannedValue(%v, %s, %s) = %v, want %v", c.kind, show(c.a), show(c.b), got, c.want)
+			t.Errorf("sameScannedValue(%v, %#v, %#v) = %v, want %v", c.kind, c.a, c.b, got, c.want)
 		}
 	}
 }
-
-func show(v any) string { return fmt.Sprintf("%#v", v) }
