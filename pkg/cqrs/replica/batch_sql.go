@@ -123,8 +123,21 @@ func (cm *model) delManySQL(n int) string {
 // unguarded (a SYNC contributed) it is always updated. The text around the
 // VALUES tuples is cached per shape.
 func (cm *model) upsertSQL(sig string, pos []int, rows int, guarded bool) string {
+	head, tail := cm.upsertEnds(sig, pos, guarded)
+	var sb strings.Builder
+	sb.Grow(len(head) + len(tail) + rows*(3*len(pos)+2))
+	sb.WriteString(head)
+	tuples(&sb, rows, len(pos))
+	sb.WriteString(tail)
+	return cm.d.Rebind(sb.String())
+}
+
+// upsertEnds returns the cached text of a shape's upsert around its rows:
+// "INSERT INTO t (cols) VALUES " and the ON CONFLICT / ON DUPLICATE KEY
+// clause.
+func (cm *model) upsertEnds(sig string, pos []int, guarded bool) (head, tail string) {
 	shape := "up:" + strconv.FormatBool(guarded) + ":" + sig
-	head := cached(&cm.batch.stmts, shape+":head", func() string {
+	head = cached(&cm.batch.stmts, shape+":head", func() string {
 		var sb strings.Builder
 		sb.WriteString("INSERT INTO ")
 		sb.WriteString(cm.table)
@@ -141,7 +154,7 @@ func (cm *model) upsertSQL(sig string, pos []int, rows int, guarded bool) string
 		sb.WriteString(") VALUES ")
 		return sb.String()
 	})
-	tail := cached(&cm.batch.stmts, shape+":tail", func() string {
+	tail = cached(&cm.batch.stmts, shape+":tail", func() string {
 		var set []*column // updated columns: all but the pk, the revision last
 		for _, p := range pos {
 			if c := cm.all[p]; c != cm.pk && c != cm.rev {
@@ -180,12 +193,7 @@ func (cm *model) upsertSQL(sig string, pos []int, rows int, guarded bool) string
 		}
 		return sb.String()
 	})
-	var sb strings.Builder
-	sb.Grow(len(head) + len(tail) + rows*(3*len(pos)+2))
-	sb.WriteString(head)
-	tuples(&sb, rows, len(pos))
-	sb.WriteString(tail)
-	return cm.d.Rebind(sb.String())
+	return head, tail
 }
 
 // getManySQL reads n tombstones of one cqrs_id.

@@ -115,12 +115,8 @@ func (b *batchRun) upsert(ctx context.Context, cm *model, g *upsertGroup) error 
 	per := rowsPer(b.e.d, len(g.pos))
 	for start := 0; start < len(g.ops); start += per {
 		chunk := g.ops[start:min(start+per, len(g.ops))]
-		args := make([]any, 0, len(chunk)*len(g.pos))
 		var want int64
 		for _, op := range chunk {
-			for _, p := range g.pos {
-				args = append(args, op.vals[p])
-			}
 			// MySQL counts an inserted row once and an updated one twice.
 			if b.e.d.Name() == dialect.MySQL && !op.insert {
 				want += 2
@@ -128,7 +124,20 @@ func (b *batchRun) upsert(ctx context.Context, cm *model, g *upsertGroup) error 
 				want++
 			}
 		}
-		r, err := b.tx.ExecContext(ctx, cm.upsertSQL(g.sig, g.pos, len(chunk), g.guarded), args...)
+		binds, args, ok := cm.unnestArgs(g.pos, chunk)
+		var q string
+		if ok {
+			q = cm.unnestSQL(g.sig, g.pos, binds, g.guarded)
+		} else {
+			args = make([]any, 0, len(chunk)*len(g.pos))
+			for _, op := range chunk {
+				for _, p := range g.pos {
+					args = append(args, op.vals[p])
+				}
+			}
+			q = cm.upsertSQL(g.sig, g.pos, len(chunk), g.guarded)
+		}
+		r, err := b.tx.ExecContext(ctx, q, args...)
 		if err != nil {
 			return fmt.Errorf("replica: batch %s: upsert into %s: %w", cm.m.CQRSID, cm.m.Table, err)
 		}

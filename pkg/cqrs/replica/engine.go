@@ -74,8 +74,11 @@ func NewEngine(ctx context.Context, db *sqlx.DB, d dialect.Dialect, reg *registr
 		if err != nil {
 			return nil, fmt.Errorf("replica: %w", err)
 		}
-		if d.Name() == dialect.Postgres && pgxDrivers[db.DriverName()] {
+		if d.Name() == dialect.Postgres && pgxDrivers[db.DriverName()] && !m.IsRaw() {
 			cm.pkArray = pgArrays[cm.pkType]
+			if err := cm.loadPGColTypes(ctx, db); err != nil {
+				return nil, fmt.Errorf("replica: %w", err)
+			}
 		}
 		e.models[id] = cm
 		compiled.Store(compiledKey{m, d.Name()}, cm)

@@ -37,6 +37,9 @@ type model struct {
 	// pkArray is the PostgreSQL array type ApplyBatch binds the pks of a
 	// group as (one parameter, pgx only), "" to read by IN list.
 	pkArray string
+	// pgTypes are the columns' PostgreSQL types by position in all, for
+	// the upserts from arrays (pgx only; nil otherwise).
+	pgTypes []pgColType
 	batch   batchSQL // statement texts of ApplyBatch, built on demand
 }
 
