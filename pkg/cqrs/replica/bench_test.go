@@ -2,7 +2,8 @@ package replica_test
 
 // Throughput of the replica engine against raw PostgreSQL, measured in the
 // same run, one batch of each in turn (the machine's speed and load cancel
-// out of the ratio). They need
+// out of the ratio): ratio is against a multi-row VALUES upsert,
+// ratio_arrays against the same upsert from one array per column. They need
 // CQRS_TEST_POSTGRES. The batched ones are meant for 100k rows:
 //
 //	go test -run '^$' -bench 'RawBatchedUpsert|EngineApplyBatch' -benchtime 100000x ./pkg/cqrs/replica/
@@ -121,6 +122,38 @@ func rawBatch(b *testing.B, db *testenv.DB, lo, hi int) {
 	}
 }
 
+// rawArraysSQL is the same upsert from one array per column.
+const rawArraysSQL = "INSERT INTO author_ref AS t (id, name, active, birth_date, rating, cqrs_revision, cqrs_updated)" +
+	" SELECT * FROM unnest($1::integer[], $2::text[], $3::boolean[], $4::date[], $5::text[]::numeric[], $6::integer[], $7::timestamptz[])" +
+	" ON CONFLICT (id) DO UPDATE SET name = excluded.name, active = excluded.active," +
+	" birth_date = excluded.birth_date, rating = excluded.rating, cqrs_revision = excluded.cqrs_revision," +
+	" cqrs_updated = excluded.cqrs_updated WHERE t.cqrs_revision < excluded.cqrs_revision"
+
+// rawArraysBatch writes rows [lo, hi) in one transaction with rawArraysSQL.
+func rawArraysBatch(b *testing.B, db *testenv.DB, lo, hi int) {
+	ctx := context.Background()
+	n := hi - lo
+	ids, revs := make([]int64, 0, n), make([]int64, 0, n)
+	names, births, ratings := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+	actives, updated := make([]bool, 0, n), make([]time.Time, 0, n)
+	for i := lo; i < hi; i++ {
+		r := rowAt(i)
+		ids, revs = append(ids, r.id), append(revs, r.rev)
+		names, births, ratings = append(names, r.name), append(births, r.birth), append(ratings, r.rating)
+		actives, updated = append(actives, r.active), append(updated, r.updated)
+	}
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, rawArraysSQL, ids, names, actives, births, ratings, revs, updated); err != nil {
+		b.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // benchEngine returns an engine whose debug log goes to logs: a batch that
 // had to be redone or split would show there.
 func benchEngine(b *testing.B, db *testenv.DB, logs *logBuffer) *replica.Engine {
@@ -151,30 +184,36 @@ func BenchmarkRawBatchedUpsert(b *testing.B) {
 	b.ReportMetric(rowsPerSec(b.N, b.Elapsed()), "rows/s")
 }
 
-// compare runs the raw writes and the engine's over the same rows, one
-// batch of each in turn (so that both see the same machine load), and
-// reports both rates and their ratio.
+// compare runs the raw writes (multi-row VALUES, and from arrays) and the
+// engine's over the same rows, one batch of each in turn (so that all see
+// the same machine load), and reports the rates and the engine's ratio to
+// each raw way.
 // engine applies rows [lo, hi) and returns the time the engine took
 // (building the payloads, the consumer's decoding, is not counted).
 func compare(b *testing.B, batch int, engine func(eng *replica.Engine, lo, hi int) time.Duration) {
-	rawDB, engDB := benchDB(b), benchDB(b)
+	rawDB, arrDB, engDB := benchDB(b), benchDB(b), benchDB(b)
 	logs := &logBuffer{}
 	eng := benchEngine(b, engDB, logs)
-	var rawTime, engTime time.Duration
+	var rawTime, arrTime, engTime time.Duration
 	b.ResetTimer()
 	for lo := 0; lo < b.N; lo += batch {
 		hi := min(lo+batch, b.N)
 		start := time.Now()
 		rawBatch(b, rawDB, lo, hi)
 		rawTime += time.Since(start)
+		start = time.Now()
+		rawArraysBatch(b, arrDB, lo, hi)
+		arrTime += time.Since(start)
 		engTime += engine(eng, lo, hi)
 	}
 	b.StopTimer()
 	b.ReportMetric(rowsPerSec(b.N, engTime), "rows/s")
 	b.ReportMetric(rowsPerSec(b.N, rawTime), "raw_rows/s")
+	b.ReportMetric(rowsPerSec(b.N, arrTime), "raw_arrays_rows/s")
 	b.ReportMetric(rawTime.Seconds()/engTime.Seconds(), "ratio")
+	b.ReportMetric(arrTime.Seconds()/engTime.Seconds(), "ratio_arrays")
 
-	for _, db := range []*testenv.DB{rawDB, engDB} {
+	for _, db := range []*testenv.DB{rawDB, arrDB, engDB} {
 		if n := count(b, db, "SELECT COUNT(*) FROM author_ref"); n != min(b.N, benchPKs) {
 			b.Fatalf("%d rows, want %d", n, min(b.N, benchPKs))
 		}
