@@ -30,7 +30,8 @@ var errOneByOne = errors.New("replica: batch: apply one by one")
 // DELETEs and revision-guarded upserts (the n-th write of every pk in the
 // n-th round of statements, so that every message's values reach the
 // database and one that it rejects fails as it would alone; the last
-// message of a pk wins), then the tombstones as the batch leaves them.
+// message of a pk wins; on PostgreSQL with pgx from one array per column,
+// see batch_unnest.go), then the tombstones as the batch leaves them.
 // Models with hooks or SelectForUpdate are applied message by message
 // inside the same transaction, each in a savepoint, each hook called once.
 // Raw replicas' handlers run after the commit, in delivery order.
