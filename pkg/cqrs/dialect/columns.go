@@ -61,6 +61,9 @@ type Column struct {
 	// Scale is the number of decimal places of a decimal column, -1 when
 	// the column has none or it is unknown.
 	Scale int
+	// ArrayElem is the element type of a PostgreSQL array column (DBType
+	// "array"): "int4", "text", "jsonb"...; "" for other columns.
+	ArrayElem string
 }
 
 // Columns reads the columns of table (optionally "schema.table") in their
@@ -139,6 +142,9 @@ ORDER BY array_position(current_schemas(false), c.table_schema::name), c.ordinal
 		}
 		c.DBType = strings.ToLower(dataType)
 		c.Kind = pgKind(c.DBType, udt)
+		if c.DBType == "array" {
+			c.ArrayElem = strings.TrimPrefix(udt, "_")
+		}
 		if c.Kind != KindDecimal {
 			c.Scale = -1
 		}

@@ -89,6 +89,9 @@ func compile(ctx context.Context, q sqlx.QueryerContext, d dialect.Dialect, m *r
 		if kind == dialect.KindDecimal && d.Name() == dialect.SQLite {
 			c.precision, c.scale = fixedPoint(dc.DBType)
 		}
+		if d.Name() == dialect.Postgres && dc.DBType == "array" {
+			c.pgArray = dc.ArrayElem
+		}
 		return c, nil
 	}
 	for _, f := range m.Fields {

@@ -23,6 +23,10 @@ type column struct {
 	// scale and precision of a fixed-point column, enforced by the engine
 	// on SQLite only (-1 when unknown or not enforced).
 	precision, scale int
+	// pgArray is the element type of a PostgreSQL array column ("int4"
+	// for integer[]...), whose JSON lists are written as array literals
+	// (see pgArrayLiteral); "" for other columns.
+	pgArray string
 }
 
 // Layouts of the datetimes the engine binds as text: MySQL/MariaDB get UTC
@@ -125,6 +129,9 @@ func toSQL(d dialect.Dialect, c *column, v any) (any, error) {
 		}
 		return u, nil
 	case dialect.KindJSON:
+		if c.pgArray != "" {
+			return pgArrayLiteral(c, v)
+		}
 		b, err := wire.MarshalValue(v)
 		if err != nil {
 			return nil, valueError(c, v, "cannot be encoded as JSON: "+err.Error())
