@@ -788,9 +788,11 @@ func (e *env) count(ctx context.Context) (int, error) {
 // messages each carried on average (with batching, how full the batches
 // were).
 func printBatches(p io.Writer, phase string, rec *recorder) {
-	calls, msgs := rec.batches()
+	calls, msgs, busy := rec.batches()
 	if calls > 0 {
-		fmt.Fprintf(p, "    %s: %d applier calls, %.1f messages each\n", phase, calls, float64(msgs)/float64(calls))
+		fmt.Fprintf(p, "    %s: %d applier calls, %.1f messages each, %.2f ms each (%.1f µs per message)\n", phase, calls,
+			float64(msgs)/float64(calls), float64(busy.Microseconds())/1000/float64(calls),
+			float64(busy.Nanoseconds())/1000/float64(msgs))
 	}
 }
 
@@ -803,14 +805,16 @@ type recorder struct {
 	at  map[string]time.Time
 	n   map[string]int // messages applied per pk since start
 
-	// Applier calls and the messages they carried, for the progress
-	// output (how full the replica's batches were).
-	calls, msgs atomic.Int64
+	// Applier calls, the messages they carried and the time they took
+	// (ns), for the progress output (how full the replica's batches were,
+	// how long the engine took for them).
+	calls, msgs, busy atomic.Int64
 }
 
-// batches returns the applier calls and messages since the last call.
-func (r *recorder) batches() (calls, msgs int64) {
-	return r.calls.Swap(0), r.msgs.Swap(0)
+// batches returns the applier calls, their messages and the time they
+// took since the last call.
+func (r *recorder) batches() (calls, msgs int64, busy time.Duration) {
+	return r.calls.Swap(0), r.msgs.Swap(0), time.Duration(r.busy.Swap(0))
 }
 
 func newRecorder(eng *replica.Engine) *recorder {
@@ -825,9 +829,10 @@ func (r *recorder) start() {
 	r.mu.Unlock()
 }
 
-func (r *recorder) note(dls []replica.Delivery) {
+func (r *recorder) note(dls []replica.Delivery, took time.Duration) {
 	r.calls.Add(1)
 	r.msgs.Add(int64(len(dls)))
+	r.busy.Add(int64(took))
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.on {
@@ -843,18 +848,20 @@ func (r *recorder) note(dls []replica.Delivery) {
 
 // Apply implements consumer.Applier.
 func (r *recorder) Apply(ctx context.Context, dl replica.Delivery) (replica.Result, error) {
+	start := time.Now()
 	res, err := r.eng.Apply(ctx, dl)
 	if err == nil {
-		r.note([]replica.Delivery{dl})
+		r.note([]replica.Delivery{dl}, time.Since(start))
 	}
 	return res, err
 }
 
 // ApplyBatch implements consumer.BatchApplier.
 func (r *recorder) ApplyBatch(ctx context.Context, dls []replica.Delivery) ([]replica.Result, []error, error) {
+	start := time.Now()
 	res, errs, err := r.eng.ApplyBatch(ctx, dls)
 	if err == nil {
-		r.note(dls)
+		r.note(dls, time.Since(start))
 	}
 	return res, errs, err
 }
