@@ -70,9 +70,10 @@ func TestBenchMemorySQLite(t *testing.T) {
 			t.Errorf("progress has no CPU line for phase %s:\n%s", phase, r.stderr)
 		}
 	}
-	// The replica phases say how full the applier calls were.
+	// The replica phases say how full the applier calls were and how long
+	// they took.
 	for _, phase := range []string{"apply", "drain"} {
-		if !regexp.MustCompile(`(?m)^    ` + phase + `: [1-9][0-9]* applier calls, [0-9.]+ messages each$`).MatchString(r.stderr) {
+		if !regexp.MustCompile(`(?m)^    ` + phase + `: [1-9][0-9]* applier calls, [0-9.]+ messages each, [0-9.]+ ms each \([0-9.]+ µs per message\)$`).MatchString(r.stderr) {
 			t.Errorf("progress has no applier-call line for phase %s:\n%s", phase, r.stderr)
 		}
 	}
