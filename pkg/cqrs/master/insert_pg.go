@@ -68,7 +68,7 @@ func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.Master
 		if !ok {
 			return nil, false, nil
 		}
-		if vals[i+2], err = m.bindValue(f.Kind, v); err != nil {
+		if vals[i+2], err = m.bindValue(f, v); err != nil {
 			return nil, false, nil
 		}
 	}

@@ -65,7 +65,7 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		if !ok {
 			return nil, fmt.Errorf("master: insert %s: %q is not a field of the model (fields: %s)", cqrsID, n, fieldNames(mm))
 		}
-		v, err := m.bindValue(f.Kind, values[n])
+		v, err := m.bindValue(f, values[n])
 		if err != nil {
 			return nil, fmt.Errorf("master: insert %s: field %q: %w", cqrsID, n, err)
 		}
@@ -184,7 +184,7 @@ func (m *Master) UpdateMany(ctx context.Context, tx *sqlx.Tx, cqrsID string, pks
 			return fmt.Errorf("master: update %s: the primary key %q cannot be changed", cqrsID, n)
 		}
 		qc, _ := m.d.Quote(f.ColumnName())
-		v, err := m.bindValue(f.Kind, changes[n])
+		v, err := m.bindValue(f, changes[n])
 		if err != nil {
 			return fmt.Errorf("master: update %s: field %q: %w", cqrsID, n, err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/pgarray"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 )
@@ -190,13 +191,27 @@ func rowFields(mm *registry.MasterModel, vals []any) (*wire.Fields, error) {
 				return nil, fmt.Errorf("column %s: %w", fd.ColumnName(), err)
 			}
 		}
-		v, err := toWire(fd.Kind, raw)
+		v, err := fieldToWire(fd, raw)
 		if err != nil {
 			return nil, fmt.Errorf("column %s: %w", fd.ColumnName(), err)
 		}
 		f.Set(fd.Name, v)
 	}
 	return f, nil
+}
+
+// fieldToWire is toWire for field fd: the array literal pgx reads back
+// for a PostgreSQL array column becomes a list.
+func fieldToWire(fd registry.Field, raw any) (any, error) {
+	if fd.ArrayElem != "" {
+		switch x := raw.(type) {
+		case string:
+			return pgarray.Parse(x, fd.ArrayElem)
+		case []byte:
+			return pgarray.Parse(string(x), fd.ArrayElem)
+		}
+	}
+	return toWire(fd.Kind, raw)
 }
 
 // Rows reads rows of a master model (all of them when pks is nil), in
@@ -490,8 +505,18 @@ func formatUUID(b []byte) string {
 	return string(out)
 }
 
-// bindValue converts a Go value given by the caller for a column into a bind value.
-func (m *Master) bindValue(kind dialect.Kind, v any) (any, error) {
+// bindValue converts a Go value given by the caller for field f's column into a
+// bind value.
+func (m *Master) bindValue(f registry.Field, v any) (any, error) {
+	kind := f.Kind
+	if f.ArrayElem != "" && v != nil {
+		// A PostgreSQL array column: a list as an array literal, a string
+		// as a literal already.
+		if s, ok := v.(string); ok {
+			return s, nil
+		}
+		return pgarray.Format(v, f.ArrayElem)
+	}
 	switch x := v.(type) {
 	case nil:
 		return nil, nil

@@ -39,6 +39,10 @@ type Field struct {
 	// Scale is filled in by Bind: the decimal places of a decimal column
 	// (values are rounded to it, half to even, as Django does), -1 for none.
 	Scale int
+	// ArrayElem is filled in by Bind: the element type of a PostgreSQL
+	// array column ("int4" for integer[], "text", "jsonb"...), whose values
+	// are lists on the wire; "" for other columns.
+	ArrayElem string
 }
 
 // ColumnName returns Column, or Name when Column is empty.

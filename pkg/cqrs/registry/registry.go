@@ -304,7 +304,8 @@ func bindFields(ctx context.Context, q sqlx.QueryerContext, d dialect.Dialect, k
 			if c.Name == revCol || c.Name == updCol {
 				continue
 			}
-			out = append(out, Field{Name: c.Name, Kind: c.Kind, Nullable: c.Nullable, HasDefault: c.HasDefault, Scale: c.Scale})
+			out = append(out, Field{Name: c.Name, Kind: c.Kind, Nullable: c.Nullable, HasDefault: c.HasDefault, Scale: c.Scale,
+				ArrayElem: c.ArrayElem})
 		}
 		return out, nil
 	}
@@ -320,6 +321,7 @@ func bindFields(ctx context.Context, q sqlx.QueryerContext, d dialect.Dialect, k
 		out[i].Nullable = c.Nullable
 		out[i].HasDefault = c.HasDefault
 		out[i].Scale = c.Scale
+		out[i].ArrayElem = c.ArrayElem
 	}
 	return out, nil
 }
