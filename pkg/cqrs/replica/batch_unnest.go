@@ -147,8 +147,8 @@ func (cm *model) unnestArgs(pos []int, chunk []*rowOp) (binds []byte, args []any
 // unnestSQL is the upsert of one shape (columns at pos, bound as binds)
 // from arrays; its text does not depend on the number of rows.
 func (cm *model) unnestSQL(sig string, pos []int, binds []byte, guarded bool) string {
-	head, tail := cm.upsertEnds(sig, pos, guarded)
 	return cached(&cm.batch.stmts, "unnest:"+strconv.FormatBool(guarded)+":"+sig+":"+string(binds), func() string {
+		head, tail := cm.upsertEnds(sig, pos, guarded)
 		var sel, from, names strings.Builder
 		for j, p := range pos {
 			if j > 0 {
