@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -19,7 +21,8 @@ const relayTurns = 4
 // the outbox (not timed), publishes as many persistent messages to a fresh
 // durable queue with publisher confirms pipelined (publishPipelined), then
 // has relay publish the outbox, so that a change in the machine's load
-// falls on both alike. The raw queue is then consumed back (consumeN). It
+// falls on both alike. The raw queue is then consumed back (consumeRaw, as many consumers as the
+// replica has workers). It
 // returns the raw publish and consume rates in msg/s and the relay's time
 // for all the rows; phase is called around each round's relay.
 func (e *env) relayRounds(ctx context.Context, relay *outbox.Relay, phase func(string) func()) (publish, consume float64, relayDur time.Duration, err error) {
@@ -54,7 +57,7 @@ func (e *env) relayRounds(ctx context.Context, relay *outbox.Relay, phase func(s
 		}
 		publish = float64(n) / rawDur.Seconds()
 		start := time.Now()
-		if err := consumeN(ctx, ch, q, n); err != nil {
+		if err := consumeRaw(ctx, e.o.AMQPURL, ch, q, n, e.o.Workers); err != nil {
 			return fmt.Errorf("raw AMQP consume baseline: %w", err)
 		}
 		consume = float64(n) / time.Since(start).Seconds()
@@ -64,11 +67,11 @@ func (e *env) relayRounds(ctx context.Context, relay *outbox.Relay, phase func(s
 }
 
 // rawAMQPThrough is the broker's limit for a drain: n messages published
-// as rawAMQP publishes them while a consumer on a second connection takes
-// them as rawAMQP consumes them, in msgs/s from the first publish to the
-// last delivery. Every row of a drain is published and consumed once, so
-// no drain over this broker can be faster.
-func rawAMQPThrough(ctx context.Context, url string, n int, body []byte) (float64, error) {
+// as publishPipelined publishes them while k consumers on other
+// connections take them as consumeRaw does, in msgs/s from the first
+// publish to the last delivery. Every row of a drain is published and
+// consumed once, so no drain over this broker can be faster.
+func rawAMQPThrough(ctx context.Context, url string, n, k int, body []byte) (float64, error) {
 	var rate float64
 	err := withRawQueue(url, func(ch *amqp.Channel, q string) error {
 		cconn, err := dialRaw(url)
@@ -88,7 +91,7 @@ func rawAMQPThrough(ctx context.Context, url string, n int, body []byte) (float6
 		}
 		consumed := make(chan error, 1)
 		start := time.Now()
-		go func() { consumed <- consumeN(cctx, cch, q, n) }()
+		go func() { consumed <- consumeRaw(cctx, url, cch, q, n, k) }()
 		if err := publishPipelined(ctx, ch, confirms, q, n, body); err != nil {
 			return err
 		}
@@ -189,35 +192,84 @@ func publishPipelined(ctx context.Context, ch *amqp.Channel, confirms <-chan amq
 	return nil
 }
 
-// consumeN consumes n messages from queue q on ch with a prefetch of 1000,
-// acking every 100th (and the last) with multiple set, and cancels the
-// consumer.
-func consumeN(ctx context.Context, ch *amqp.Channel, q string, n int) error {
-	if err := ch.Qos(1000, 0, false); err != nil {
-		return err
+// rawPrefetch is the prefetch of each raw consumer (consumeRaw).
+const rawPrefetch = 1000
+
+// consumeRaw consumes n messages from queue q with k consumers, each on a
+// connection of its own (the first one on ch), as the replica's k workers
+// are: each with a prefetch of rawPrefetch, acking every 100th of its
+// deliveries (and its last) with multiple set. It returns once the n
+// messages were delivered and acked, and cancels the consumers.
+func consumeRaw(ctx context.Context, url string, ch *amqp.Channel, q string, n, k int) error {
+	chans := []*amqp.Channel{ch}
+	for range k - 1 {
+		conn, err := dialRaw(url)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		c, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		chans = append(chans, c)
 	}
-	tag := randomName("bench_raw_consumer")
-	deliveries, err := ch.Consume(q, tag, false, false, false, false, nil)
-	if err != nil {
-		return err
+	var got atomic.Int64
+	all := make(chan struct{}) // closed once n messages were delivered
+	var once sync.Once
+	errs := make(chan error, len(chans))
+	for _, c := range chans {
+		if err := c.Qos(rawPrefetch, 0, false); err != nil {
+			return err
+		}
+		tag := randomName("bench_raw_consumer")
+		deliveries, err := c.Consume(q, tag, false, false, false, false, nil)
+		if err != nil {
+			return err
+		}
+		go func() { errs <- takeRaw(ctx, c, tag, deliveries, n, &got, all, &once) }()
 	}
+	var first error
+	for range chans {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			once.Do(func() { close(all) })
+		}
+	}
+	return first
+}
+
+// takeRaw is one consumer of consumeRaw: it counts its deliveries into got
+// until got reaches n (then it closes all), acks its last one and cancels
+// its consumer.
+func takeRaw(ctx context.Context, ch *amqp.Channel, tag string, deliveries <-chan amqp.Delivery, n int, got *atomic.Int64, all chan struct{}, once *sync.Once) error {
 	defer func() { _ = ch.Cancel(tag, false) }()
-	for i := 1; i <= n; i++ {
+	var last *amqp.Delivery // delivered, not acked yet
+	for taken := 1; ; taken++ {
 		select {
 		case d, ok := <-deliveries:
 			if !ok {
-				return fmt.Errorf("consumer closed after %d messages", i-1)
+				return fmt.Errorf("consumer closed after %d messages", got.Load())
 			}
-			if i%100 == 0 || i == n {
+			last = &d
+			if taken%100 == 0 {
 				if err := d.Ack(true); err != nil {
 					return err
 				}
+				last = nil
 			}
+			if got.Add(1) >= int64(n) {
+				once.Do(func() { close(all) })
+			}
+		case <-all:
+			if last != nil {
+				return last.Ack(true)
+			}
+			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	return nil
 }
 
 // deleteAMQP removes what a run declared on the broker.

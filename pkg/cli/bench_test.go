@@ -7,6 +7,8 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/gocqrs/gocqrs/internal/testenv"
 )
 
 // benchSmallArgs make `cqrs bench` a smoke test: SQLite files, no services.
@@ -85,6 +87,7 @@ func TestBenchKafkaInProcess(t *testing.T) {
 		"baseline: raw Kafka produce, acks=all, async",
 		"baseline: raw Kafka consume, all partitions",
 		"replica apply (same figure) vs broker delivery",
+		"apply ceiling: raw consume (same figure)",
 		"end-to-end drain (same figure) vs the broker",
 	}, benchCommonFigures...)
 	checkBenchReport(t, r, "gocqrs bench: kafka (in-process kfake cluster, 1 broker) transport, SQLite on both sides, 300 rows", figures)
@@ -102,6 +105,44 @@ func TestBenchKafkaInProcess(t *testing.T) {
 	drain := benchRow(t, r.stdout, "end-to-end drain (same figure) vs the broker")
 	if !strings.Contains(drain, "× baseline: raw Kafka produce, acks=all, async") {
 		t.Errorf("drain row is not compared with the raw producer: %q", drain)
+	}
+}
+
+// TestBenchRabbitMQPostgres runs the bench the way the throughput goals
+// are measured (RabbitMQ, PostgreSQL both sides), small: every figure is
+// there and compared with the baseline it is a share of.
+func TestBenchRabbitMQPostgres(t *testing.T) {
+	amqpURL := testenv.Need(t, testenv.EnvAMQP, "RabbitMQ")
+	pgURL := testenv.Need(t, testenv.EnvPostgres, "PostgreSQL")
+	r := runCqrs(t, nil, append([]string{"bench", "--transport", "rabbitmq", "--url", amqpURL, "--postgres", pgURL}, benchSmallArgs...)...)
+	figures := append([]string{
+		"baseline: raw AMQP, pipelined confirms",
+		"baseline: raw AMQP consume, 1 per worker",
+		"baseline: raw AMQP publish + consume at once",
+		"replica apply (same figure) vs broker delivery",
+		"apply ceiling: raw consume (same figure)",
+		"end-to-end drain (same figure) vs the broker",
+	}, benchCommonFigures...)
+	checkBenchReport(t, r, "gocqrs bench: rabbitmq transport, PostgreSQL on both sides, 300 rows", figures)
+	for name, against := range map[string]string{
+		"relay: pre-filled outbox → broker":              "× baseline: raw AMQP, pipelined confirms",
+		"replica apply: pre-filled queue":                "× baseline: raw batched guarded upsert",
+		"replica apply (same figure) vs broker delivery": "× baseline: raw AMQP consume, 1 per worker",
+		"apply ceiling: raw consume (same figure)":       "× baseline: raw batched guarded upsert",
+		"end-to-end drain (same figure) vs the broker":   "× baseline: raw AMQP publish + consume at once",
+	} {
+		if row := benchRow(t, r.stdout, name); !strings.Contains(row, against) {
+			t.Errorf("row %q is not compared %q: %q", name, against, row)
+		}
+	}
+	// Each relay round and each apply round prints its rates.
+	for _, re := range []string{
+		`(?m)^    round 1: [0-9]+ messages: raw [0-9]+ msg/s, relay [0-9]+ msg/s$`,
+		`(?m)^    round 1: [0-9]+ rows: raw upsert VALUES [0-9]+ rows/s, arrays [0-9]+ rows/s, replica [0-9]+ rows/s$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stderr) {
+			t.Errorf("progress has no line matching %s:\n%s", re, r.stderr)
+		}
 	}
 }
 
