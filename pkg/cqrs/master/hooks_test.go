@@ -2,6 +2,7 @@ package master_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -269,28 +270,32 @@ func TestSerializeErrorWritesNothing(t *testing.T) {
 	}})
 	seedAuthors(t, db, 0, 1, 2, 3)
 
+	// A failure after a change was written rolls the transaction back (the
+	// change cannot commit without its message); Sync changes no row and
+	// leaves the transaction usable.
 	for _, tc := range []struct {
-		name string
-		op   func(tx *sqlx.Tx) error
+		name       string
+		rolledBack bool
+		op         func(tx *sqlx.Tx) error
 	}{
-		{"insert", func(tx *sqlx.Tx) error {
+		{"insert", true, func(tx *sqlx.Tx) error {
 			_, err := m.Insert(ctx, tx, "author", map[string]any{"id": 9, "name": "bad"})
 			return err
 		}},
-		{"update", func(tx *sqlx.Tx) error { return m.Update(ctx, tx, "author", 2, map[string]any{"name": "bad"}) }},
-		{"update many, one bad row among three", func(tx *sqlx.Tx) error {
+		{"update", true, func(tx *sqlx.Tx) error { return m.Update(ctx, tx, "author", 2, map[string]any{"name": "bad"}) }},
+		{"update many, one bad row among three", true, func(tx *sqlx.Tx) error {
 			if _, err := tx.ExecContext(ctx, "UPDATE author SET name = 'bad' WHERE id = 2"); err != nil {
 				return err
 			}
 			return m.UpdateMany(ctx, tx, "author", []any{1, 2, 3}, map[string]any{"active": false})
 		}},
-		{"save many", func(tx *sqlx.Tx) error {
+		{"save many", true, func(tx *sqlx.Tx) error {
 			if _, err := tx.ExecContext(ctx, "UPDATE author SET name = 'bad' WHERE id = 3"); err != nil {
 				return err
 			}
 			return m.SaveMany(ctx, tx, "author", []any{1, 2, 3})
 		}},
-		{"sync", func(tx *sqlx.Tx) error {
+		{"sync", false, func(tx *sqlx.Tx) error {
 			if _, err := tx.ExecContext(ctx, "UPDATE author SET name = 'bad' WHERE id = 1"); err != nil {
 				return err
 			}
@@ -308,6 +313,15 @@ func TestSerializeErrorWritesNothing(t *testing.T) {
 			if !strings.Contains(err.Error(), "author") || !strings.Contains(err.Error(), "serializer") {
 				t.Errorf("error %q does not name the model and the serialiser", err)
 			}
+			if got := errors.Is(err, master.ErrRolledBack); got != tc.rolledBack {
+				t.Fatalf("error %v: rolled back %v, want %v", err, got, tc.rolledBack)
+			}
+			if tc.rolledBack {
+				if err := tx.Commit(); !errors.Is(err, sql.ErrTxDone) {
+					t.Fatalf("commit after the error: %v, want sql.ErrTxDone", err)
+				}
+				return
+			}
 			if msgs := readOutbox(t, tx, db.Dialect); len(msgs) != 0 {
 				t.Errorf("%d outbox rows written in the transaction after the error: %s", len(msgs), msgs[0].body)
 			}
@@ -315,6 +329,11 @@ func TestSerializeErrorWritesNothing(t *testing.T) {
 	}
 	if msgs := readOutbox(t, db, db.Dialect); len(msgs) != 0 {
 		t.Errorf("%d outbox rows after rollback", len(msgs))
+	}
+	var bad int
+	must(t, db.Get(&bad, "SELECT count(*) FROM author WHERE name = 'bad' OR id = 9"))
+	if bad != 0 {
+		t.Errorf("%d changed rows committed without their messages", bad)
 	}
 }
 

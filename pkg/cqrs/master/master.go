@@ -6,10 +6,23 @@
 //
 // Several changes to one row in one transaction give one message with the
 // final state and one revision bump, as django-cqrs intends.
+//
+// A call that fails after it has changed rows in the transaction (its own
+// INSERT, UPDATE or DELETE, or Save's revision bump: the message of that
+// change is then not written) rolls the transaction back before it returns,
+// and its error wraps [ErrRolledBack]: a later Commit returns
+// sql.ErrTxDone, so the change cannot commit without its message even when
+// the caller commits after the error. Save and SaveMany, whose rows the
+// caller changed, do so on any failure but a missing row ([ErrNotFound]).
+// A call that fails before it changes anything (an unknown cqrs_id or
+// field, a value that cannot be bound, a row not found, the database
+// refusing the change itself) leaves the transaction as it was.
 package master
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -135,6 +148,23 @@ func (m *Master) state(tx *sqlx.Tx) *txState {
 		runtime.AddCleanup(tx, func(k weak.Pointer[sqlx.Tx]) { m.txs.Delete(k) }, key)
 	}
 	return s.(*txState)
+}
+
+// ErrRolledBack is wrapped by the error of a call that failed after it had
+// changed rows in the caller's transaction: the call rolled the
+// transaction back (see the package documentation).
+var ErrRolledBack = errors.New("the transaction was rolled back, so that no change commits without its message")
+
+// abort rolls tx back after a call failed part way (err), so that neither
+// a change without its message nor the call's half-done bookkeeping of tx
+// can be committed, and returns err wrapped with ErrRolledBack. After
+// Rollback the transaction is done whatever the driver answers.
+func (m *Master) abort(tx *sqlx.Tx, err error) error {
+	m.txs.Delete(weak.Make(tx))
+	if rbErr := tx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
+		return fmt.Errorf("%w: %w (the rollback reported: %v)", err, ErrRolledBack, rbErr)
+	}
+	return fmt.Errorf("%w: %w", err, ErrRolledBack)
 }
 
 func (m *Master) model(cqrsID string) (*registry.MasterModel, error) {

@@ -83,7 +83,12 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		q = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", t.table, strings.Join(cols, ", "), strings.Repeat("?, ", len(names))+"0, ?")
 	}
 	if pk, done, err := m.insertOne(ctx, tx, mm, t, values, q, args, now); done {
-		return pk, err // PostgreSQL: the row and its message in one statement
+		if err != nil {
+			// The statement failed (PostgreSQL then refuses the rest of
+			// the transaction anyway), or a step after it did.
+			return pk, m.abort(tx, err)
+		}
+		return pk, nil // PostgreSQL: the row and its message in one statement
 	}
 	pk, hasPK := values[mm.PK]
 	var row *wire.Fields // the inserted row, when the dialect returns it
@@ -96,10 +101,12 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		}
 		got, err := scanRows(rs, mm)
 		if err != nil {
-			return nil, fmt.Errorf("master: insert %s: %w", cqrsID, err)
+			// The row may be written: a failure reading it back fails the
+			// call part way.
+			return nil, m.abort(tx, fmt.Errorf("master: insert %s: %w", cqrsID, err))
 		}
 		if len(got) != 1 {
-			return nil, fmt.Errorf("master: insert %s: %d rows returned", cqrsID, len(got))
+			return nil, m.abort(tx, fmt.Errorf("master: insert %s: %d rows returned", cqrsID, len(got)))
 		}
 		row = got[0]
 		pk, _ = row.Get(mm.PK)
@@ -119,7 +126,7 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		}
 		id, err := res.LastInsertId()
 		if err != nil {
-			return nil, fmt.Errorf("master: insert %s: generated key: %w", cqrsID, err)
+			return nil, m.abort(tx, fmt.Errorf("master: insert %s: generated key: %w", cqrsID, err))
 		}
 		pk = id
 	}
@@ -139,7 +146,10 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		p.outboxID, p.oldTracked = 0, nil
 	}
 	p.created, p.bumped, p.deleted = true, true, false
-	return pk, m.emitSave(ctx, tx, mm, pk, p, row)
+	if err := m.emitSave(ctx, tx, mm, pk, p, row); err != nil {
+		return pk, m.abort(tx, err)
+	}
+	return pk, nil
 }
 
 // Update changes fields of one row (changes keyed by field name), bumps its
@@ -208,7 +218,10 @@ func (m *Master) UpdateMany(ctx context.Context, tx *sqlx.Tx, cqrsID string, pks
 		}
 	}
 	snapshot := len(olds) > 1
-	return m.saveRows(ctx, tx, mm, olds, previous, snapshot, false)
+	if err := m.saveRows(ctx, tx, mm, olds, previous, snapshot, false); err != nil {
+		return m.abort(tx, err)
+	}
+	return nil
 }
 
 // Save publishes the current state of a row the caller has already written in
@@ -233,9 +246,11 @@ func (m *Master) SaveMany(ctx context.Context, tx *sqlx.Tx, cqrsID string, pks [
 	if len(pks) == 0 {
 		return nil
 	}
+	// The caller changed the rows: a failure to publish them must not let
+	// the change commit.
 	rows, err := m.readRows(ctx, tx, mm, pks, true)
 	if err != nil {
-		return fmt.Errorf("master: save %s: read: %w", cqrsID, err)
+		return m.abort(tx, fmt.Errorf("master: save %s: read: %w", cqrsID, err))
 	}
 	if len(rows) != len(uniq(pks)) {
 		return fmt.Errorf("master: save %s: %d of %d rows: %w", cqrsID, len(uniq(pks))-len(rows), len(uniq(pks)), ErrNotFound)
@@ -247,7 +262,10 @@ func (m *Master) SaveMany(ctx context.Context, tx *sqlx.Tx, cqrsID string, pks [
 			prev[i] = o.previous
 		}
 	}
-	return m.saveRows(ctx, tx, mm, rows, prev, false, o.created)
+	if err := m.saveRows(ctx, tx, mm, rows, prev, false, o.created); err != nil {
+		return m.abort(tx, err)
+	}
+	return nil
 }
 
 // saveRows bumps and stamps the rows (read before the bump), then writes
@@ -417,6 +435,16 @@ func (m *Master) Delete(ctx context.Context, tx *sqlx.Tx, cqrsID string, pk any)
 	if _, err := tx.ExecContext(ctx, m.d.Rebind(fmt.Sprintf("DELETE FROM %s WHERE %s = ?", t.table, t.pk)), bindPK(m.pkField(mm), pk)); err != nil {
 		return fmt.Errorf("master: delete %s pk %v: %w", cqrsID, pk, err)
 	}
+	if err := m.emitDelete(ctx, tx, mm, row, custom); err != nil {
+		return m.abort(tx, err)
+	}
+	return nil
+}
+
+// emitDelete writes (or replaces) the DELETE message of row, just deleted
+// in tx; custom is the model's DeleteData for it.
+func (m *Master) emitDelete(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterModel, row *wire.Fields, custom any) error {
+	cqrsID := mm.CQRSID
 	st := m.state(tx)
 	st.mu.Lock()
 	defer st.mu.Unlock()

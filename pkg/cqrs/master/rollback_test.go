@@ -1,0 +1,117 @@
+package master_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"testing"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/gocqrs/gocqrs/internal/testenv"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
+)
+
+// TestFailedCallRollsBack cancels the caller's context while a call is
+// building its message, after the call changed the row (or, for Save, after
+// the caller did): the message cannot be written, so the call must roll the
+// transaction back, or a caller committing after the error would commit the
+// change without its message and the replicas would never see it. Errors
+// found before anything is changed leave the transaction usable.
+func TestFailedCallRollsBack(t *testing.T) {
+	testenv.EachDB(t, func(t *testing.T, db *testenv.DB) {
+		var fail func() // called while a message is built, when set
+		m := setupAuthor(t, db, master.WithMeta(func(context.Context, registry.Event, *wire.Fields) any {
+			if fail != nil {
+				fail()
+			}
+			return nil
+		}))
+		bg := context.Background()
+		tx := db.MustBeginTx(bg, nil)
+		id, err := m.Insert(bg, tx, "author", map[string]any{"name": "Ann"})
+		must(t, err)
+		must(t, tx.Commit())
+		seeded := len(outboxBodies(t, db.DB))
+
+		for _, tc := range []struct {
+			name string
+			op   func(ctx context.Context, tx *sqlx.Tx) error
+		}{
+			{"update", func(ctx context.Context, tx *sqlx.Tx) error {
+				return m.Update(ctx, tx, "author", id, map[string]any{"name": "changed"})
+			}},
+			{"update many", func(ctx context.Context, tx *sqlx.Tx) error {
+				return m.UpdateMany(ctx, tx, "author", []any{id}, map[string]any{"active": false})
+			}},
+			{"delete", func(ctx context.Context, tx *sqlx.Tx) error { return m.Delete(ctx, tx, "author", id) }},
+			{"insert, some fields", func(ctx context.Context, tx *sqlx.Tx) error {
+				_, err := m.Insert(ctx, tx, "author", map[string]any{"name": "Bob"})
+				return err
+			}},
+			{"insert, every field (one statement on PostgreSQL)", func(ctx context.Context, tx *sqlx.Tx) error {
+				_, err := m.Insert(ctx, tx, "author", map[string]any{"id": 50, "name": "Bob", "birth_date": nil, "rating": nil,
+					"active": true, "external_uuid": nil, "payload": nil, "created_at": nil})
+				return err
+			}},
+			{"save after the caller's own change", func(ctx context.Context, tx *sqlx.Tx) error {
+				if _, err := tx.ExecContext(ctx, db.Dialect.Rebind("UPDATE author SET name = 'caller' WHERE id = ?"), id); err != nil {
+					return err
+				}
+				return m.Save(ctx, tx, "author", id)
+			}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(bg)
+				defer cancel()
+				fail = cancel
+				defer func() { fail = nil }()
+				tx := db.MustBeginTx(bg, nil)
+				defer tx.Rollback()
+				err := tc.op(ctx, tx)
+				if !errors.Is(err, context.Canceled) || !errors.Is(err, master.ErrRolledBack) {
+					t.Fatalf("error %v: want the cancellation, and the transaction rolled back", err)
+				}
+				if err := tx.Commit(); !errors.Is(err, sql.ErrTxDone) {
+					t.Fatalf("commit after the failed call: %v, want sql.ErrTxDone", err)
+				}
+			})
+		}
+		var rows []struct {
+			Name string `db:"name"`
+			Rev  int    `db:"cqrs_revision"`
+		}
+		must(t, db.Select(&rows, "SELECT name, cqrs_revision FROM author"))
+		if len(rows) != 1 || rows[0].Name != "Ann" || rows[0].Rev != 0 {
+			t.Errorf("author table after the failed calls: %+v, want only Ann at revision 0", rows)
+		}
+		if n := len(outboxBodies(t, db.DB)); n != seeded {
+			t.Errorf("%d outbox rows after the failed calls, want %d", n, seeded)
+		}
+
+		// Refused before anything was changed: the transaction goes on.
+		tx = db.MustBeginTx(bg, nil)
+		defer tx.Rollback()
+		for _, err := range []error{
+			m.Update(bg, tx, "author", id, map[string]any{"nope": 1}),
+			m.Update(bg, tx, "author", 999, map[string]any{"name": "x"}),
+			m.Save(bg, tx, "author", 999),
+			m.Delete(bg, tx, "author", 999),
+		} {
+			if err == nil || errors.Is(err, master.ErrRolledBack) {
+				t.Fatalf("error %v: want a refusal that leaves the transaction alone", err)
+			}
+		}
+		must(t, m.Update(bg, tx, "author", id, map[string]any{"name": "after"}))
+		must(t, tx.Commit())
+		must(t, db.Select(&rows, "SELECT name, cqrs_revision FROM author"))
+		if len(rows) != 1 || rows[0].Name != "after" || rows[0].Rev != 1 {
+			t.Errorf("author table after the refusals and an update: %+v, want after at revision 1", rows)
+		}
+		if n := len(outboxBodies(t, db.DB)); n != seeded+1 {
+			t.Errorf("%d outbox rows after the update, want %d", n, seeded+1)
+		}
+	})
+}
