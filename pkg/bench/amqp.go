@@ -21,10 +21,10 @@ const relayTurns = 4
 // the outbox (not timed), publishes as many persistent messages to a fresh
 // durable queue with publisher confirms pipelined (publishPipelined), then
 // has relay publish the outbox, so that a change in the machine's load
-// falls on both alike. The raw queue is then consumed back (consumeRaw, as many consumers as the
-// replica has workers). It
-// returns the raw publish and consume rates in msg/s and the relay's time
-// for all the rows; phase is called around each round's relay.
+// falls on both alike. The raw queue is then consumed back (consumeRaw,
+// as many consumers as the replica has workers). It returns the raw
+// publish and consume rates in msg/s and the relay's time for all the
+// rows; phase is called around each round's relay.
 func (e *env) relayRounds(ctx context.Context, relay *outbox.Relay, phase func(string) func()) (publish, consume float64, relayDur time.Duration, err error) {
 	n, body := e.o.Rows, sampleBody()
 	err = withRawQueue(e.o.AMQPURL, func(ch *amqp.Channel, q string) error {
@@ -218,19 +218,22 @@ func consumeRaw(ctx context.Context, url string, ch *amqp.Channel, q string, n, 
 	all := make(chan struct{}) // closed once n messages were delivered
 	var once sync.Once
 	errs := make(chan error, len(chans))
+	started := 0
+	var first error
 	for _, c := range chans {
-		if err := c.Qos(rawPrefetch, 0, false); err != nil {
-			return err
-		}
 		tag := randomName("bench_raw_consumer")
-		deliveries, err := c.Consume(q, tag, false, false, false, false, nil)
-		if err != nil {
-			return err
+		var deliveries <-chan amqp.Delivery
+		if first = c.Qos(rawPrefetch, 0, false); first == nil {
+			deliveries, first = c.Consume(q, tag, false, false, false, false, nil)
 		}
+		if first != nil {
+			once.Do(func() { close(all) }) // the consumers started stop
+			break
+		}
+		started++
 		go func() { errs <- takeRaw(ctx, c, tag, deliveries, n, &got, all, &once) }()
 	}
-	var first error
-	for range chans {
+	for range started {
 		if err := <-errs; err != nil && first == nil {
 			first = err
 			once.Do(func() { close(all) })

@@ -48,7 +48,8 @@ func (s *predictStats) worth() bool {
 
 // insertOne is Insert's one-statement path (see above). done is false when
 // it does not apply and nothing was written: the caller takes the
-// two-statement path. insert is the INSERT of the row (with ? marks) and
+// two-statement path. A failure after the statement wrote the row rolls tx
+// back (Master.abort); the statement's own failure does not. insert is the INSERT of the row (with ? marks) and
 // args its arguments.
 func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterModel, t *tableSQL,
 	values map[string]any, insert string, args []any, now any) (pk any, done bool, err error) {
@@ -103,7 +104,7 @@ func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.Master
 	actual, same := predicted, sameScanned(mm, vals, scanned)
 	if !same {
 		if actual, err = rowFields(mm, scanned); err != nil {
-			return nil, true, fmt.Errorf("master: insert %s: %w", mm.CQRSID, err)
+			return nil, true, m.abort(tx, fmt.Errorf("master: insert %s: %w", mm.CQRSID, err))
 		}
 		same = sameRow(predicted, actual)
 	}
@@ -117,7 +118,7 @@ func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.Master
 		if realKey := entityKey(mm.CQRSID, realPK); realKey != key {
 			// Another entity than the one written to the outbox row.
 			if err := outbox.Delete(ctx, tx, m.d, id, outbox.WithTable(m.outboxTable)); err != nil {
-				return nil, true, fmt.Errorf("master: insert %s: %w", mm.CQRSID, err)
+				return nil, true, m.abort(tx, fmt.Errorf("master: insert %s: %w", mm.CQRSID, err))
 			}
 			p = st.entities[realKey]
 			if p == nil {
@@ -128,13 +129,16 @@ func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.Master
 				p.outboxID, p.oldTracked = 0, nil
 			}
 			p.created, p.bumped, p.deleted = true, true, false
-			return realPK, true, m.emitSave(ctx, tx, mm, realPK, p, actual)
+			if err := m.emitSave(ctx, tx, mm, realPK, p, actual); err != nil {
+				return realPK, true, m.abort(tx, err)
+			}
+			return realPK, true, nil
 		}
 		if msg, _, err = m.saveMessage(ctx, tx, mm, pk, &pending{created: true, bumped: true}, actual); err != nil {
-			return nil, true, err
+			return nil, true, m.abort(tx, err)
 		}
 		if err := m.replace(ctx, tx, id, msg); err != nil {
-			return nil, true, err
+			return nil, true, m.abort(tx, err)
 		}
 	}
 	if p == nil {

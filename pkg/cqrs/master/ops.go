@@ -83,12 +83,7 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 		q = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", t.table, strings.Join(cols, ", "), strings.Repeat("?, ", len(names))+"0, ?")
 	}
 	if pk, done, err := m.insertOne(ctx, tx, mm, t, values, q, args, now); done {
-		if err != nil {
-			// The statement failed (PostgreSQL then refuses the rest of
-			// the transaction anyway), or a step after it did.
-			return pk, m.abort(tx, err)
-		}
-		return pk, nil // PostgreSQL: the row and its message in one statement
+		return pk, err // PostgreSQL: the row and its message in one statement
 	}
 	pk, hasPK := values[mm.PK]
 	var row *wire.Fields // the inserted row, when the dialect returns it

@@ -9,6 +9,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/gocqrs/gocqrs/internal/testenv"
+	"github.com/gocqrs/gocqrs/pkg/cqrs/dialect"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/master"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/registry"
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
@@ -22,9 +23,11 @@ import (
 // found before anything is changed leave the transaction usable.
 func TestFailedCallRollsBack(t *testing.T) {
 	testenv.EachDB(t, func(t *testing.T, db *testenv.DB) {
-		var fail func() // called while a message is built, when set
+		// fail is called when the failAt-th message of a case is built.
+		var fail func()
+		var calls, failAt int
 		m := setupAuthor(t, db, master.WithMeta(func(context.Context, registry.Event, *wire.Fields) any {
-			if fail != nil {
+			if calls++; fail != nil && calls == failAt {
 				fail()
 			}
 			return nil
@@ -36,27 +39,36 @@ func TestFailedCallRollsBack(t *testing.T) {
 		must(t, tx.Commit())
 		seeded := len(outboxBodies(t, db.DB))
 
+		// Every field given: on PostgreSQL the row and its message are
+		// written by one statement, after the first message was built; the
+		// rating is rounded by the column, so the message is built again
+		// from the stored row, and that one fails.
+		everyField := 1
+		if db.Dialect.Name() == dialect.Postgres {
+			everyField = 2
+		}
 		for _, tc := range []struct {
-			name string
-			op   func(ctx context.Context, tx *sqlx.Tx) error
+			name   string
+			failAt int
+			op     func(ctx context.Context, tx *sqlx.Tx) error
 		}{
-			{"update", func(ctx context.Context, tx *sqlx.Tx) error {
+			{"update", 1, func(ctx context.Context, tx *sqlx.Tx) error {
 				return m.Update(ctx, tx, "author", id, map[string]any{"name": "changed"})
 			}},
-			{"update many", func(ctx context.Context, tx *sqlx.Tx) error {
+			{"update many", 1, func(ctx context.Context, tx *sqlx.Tx) error {
 				return m.UpdateMany(ctx, tx, "author", []any{id}, map[string]any{"active": false})
 			}},
-			{"delete", func(ctx context.Context, tx *sqlx.Tx) error { return m.Delete(ctx, tx, "author", id) }},
-			{"insert, some fields", func(ctx context.Context, tx *sqlx.Tx) error {
+			{"delete", 1, func(ctx context.Context, tx *sqlx.Tx) error { return m.Delete(ctx, tx, "author", id) }},
+			{"insert, some fields", 1, func(ctx context.Context, tx *sqlx.Tx) error {
 				_, err := m.Insert(ctx, tx, "author", map[string]any{"name": "Bob"})
 				return err
 			}},
-			{"insert, every field (one statement on PostgreSQL)", func(ctx context.Context, tx *sqlx.Tx) error {
-				_, err := m.Insert(ctx, tx, "author", map[string]any{"id": 50, "name": "Bob", "birth_date": nil, "rating": nil,
+			{"insert, every field (one statement on PostgreSQL)", everyField, func(ctx context.Context, tx *sqlx.Tx) error {
+				_, err := m.Insert(ctx, tx, "author", map[string]any{"id": 50, "name": "Bob", "birth_date": nil, "rating": "1.005",
 					"active": true, "external_uuid": nil, "payload": nil, "created_at": nil})
 				return err
 			}},
-			{"save after the caller's own change", func(ctx context.Context, tx *sqlx.Tx) error {
+			{"save after the caller's own change", 1, func(ctx context.Context, tx *sqlx.Tx) error {
 				if _, err := tx.ExecContext(ctx, db.Dialect.Rebind("UPDATE author SET name = 'caller' WHERE id = ?"), id); err != nil {
 					return err
 				}
@@ -66,7 +78,7 @@ func TestFailedCallRollsBack(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				ctx, cancel := context.WithCancel(bg)
 				defer cancel()
-				fail = cancel
+				fail, calls, failAt = cancel, 0, tc.failAt
 				defer func() { fail = nil }()
 				tx := db.MustBeginTx(bg, nil)
 				defer tx.Rollback()
@@ -91,14 +103,28 @@ func TestFailedCallRollsBack(t *testing.T) {
 			t.Errorf("%d outbox rows after the failed calls, want %d", n, seeded)
 		}
 
-		// Refused before anything was changed: the transaction goes on.
+		// Refused before anything was changed: the transaction goes on. A
+		// row the database refuses (a duplicate key; on PostgreSQL the
+		// transaction then needs the savepoint) is left to the caller.
 		tx = db.MustBeginTx(bg, nil)
 		defer tx.Rollback()
+		duplicate := func() error {
+			_, err := tx.ExecContext(bg, "SAVEPOINT before_insert")
+			must(t, err)
+			_, err = m.Insert(bg, tx, "author", map[string]any{"id": id, "name": "again", "birth_date": nil, "rating": nil,
+				"active": true, "external_uuid": nil, "payload": nil, "created_at": nil})
+			if !errors.Is(err, master.ErrRolledBack) {
+				_, rbErr := tx.ExecContext(bg, "ROLLBACK TO SAVEPOINT before_insert")
+				must(t, rbErr)
+			}
+			return err
+		}
 		for _, err := range []error{
 			m.Update(bg, tx, "author", id, map[string]any{"nope": 1}),
 			m.Update(bg, tx, "author", 999, map[string]any{"name": "x"}),
 			m.Save(bg, tx, "author", 999),
 			m.Delete(bg, tx, "author", 999),
+			duplicate(),
 		} {
 			if err == nil || errors.Is(err, master.ErrRolledBack) {
 				t.Fatalf("error %v: want a refusal that leaves the transaction alone", err)
