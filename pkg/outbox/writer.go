@@ -220,6 +220,43 @@ type statementKey struct {
 	first int
 }
 
+// Present reports which of ids are rows of the outbox table as tx sees
+// them (a row written in tx and undone by a rollback to a savepoint is
+// not).
+func Present(ctx context.Context, tx sqlx.QueryerContext, d dialect.Dialect, ids []int64, opts ...Option) (map[int64]bool, error) {
+	if tx == nil {
+		return nil, errors.New("outbox: present: nil transaction")
+	}
+	n, err := cachedNames(d, buildConfig(opts).table)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: present: %w", err)
+	}
+	found := make(map[int64]bool, len(ids))
+	if len(ids) == 0 {
+		return found, nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	rows, err := tx.QueryxContext(ctx, d.Rebind("SELECT id FROM "+n.table+" WHERE id IN ("+dialect.Placeholders(len(ids))+")"), args...)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: look up %d rows of %s: %w", len(ids), n.raw, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("outbox: look up rows of %s: %w", n.raw, err)
+		}
+		found[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("outbox: look up rows of %s: %w", n.raw, err)
+	}
+	return found, nil
+}
+
 // Delete removes the outbox row id inside the caller's transaction tx: a
 // row the transaction wrote and no longer wants (it writes another in its
 // place). It returns an error wrapping [ErrGone] when there is no such row

@@ -128,7 +128,7 @@ func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.Master
 			if p.deleted {
 				p.outboxID, p.oldTracked = 0, nil
 			}
-			p.created, p.bumped, p.deleted = true, true, false
+			p.created, p.bumped, p.deleted, p.rev = true, true, false, 0
 			if err := m.emitSave(ctx, tx, mm, realPK, p, actual); err != nil {
 				return realPK, true, m.abort(tx, err)
 			}
@@ -147,7 +147,7 @@ func (m *Master) insertOne(ctx context.Context, tx *sqlx.Tx, mm *registry.Master
 	}
 	p.oldTracked = nil // a DELETE earlier in this tx keeps its own row
 	p.outboxID = id
-	p.created, p.bumped, p.deleted = true, true, false
+	p.created, p.bumped, p.deleted, p.rev = true, true, false, 0
 	return pk, true, nil
 }
 

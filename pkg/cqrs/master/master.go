@@ -5,7 +5,9 @@
 // transaction commits; the relay (package outbox) publishes it.
 //
 // Several changes to one row in one transaction give one message with the
-// final state and one revision bump, as django-cqrs intends.
+// final state and one revision bump, as django-cqrs intends. Savepoints
+// work: when the caller rolls back to a savepoint taken before a call, the
+// next call for that row bumps and writes its message anew.
 //
 // A call that fails after it has changed rows in the transaction (its own
 // INSERT, UPDATE or DELETE, or Save's revision bump: the message of that
@@ -123,6 +125,7 @@ func (m *Master) Dialect() dialect.Dialect { return m.d }
 type pending struct {
 	outboxID int64 // 0: no outbox row (produce off)
 	bumped   bool  // revision already bumped in this tx
+	rev      int64 // the row's cqrs_revision as this tx left it, once bumped
 	created  bool  // the first change in this tx was a create
 	deleted  bool
 	// oldTracked holds the tracked fields' values from before the first

@@ -136,11 +136,13 @@ func (m *Master) Insert(ctx context.Context, tx *sqlx.Tx, cqrsID string, values 
 	if p == nil {
 		p = &pending{}
 		st.entities[key] = p
+	} else if err := m.forgetUndone(ctx, tx, []*pending{p}, []int64{-1}); err != nil {
+		return pk, m.abort(tx, fmt.Errorf("master: insert %s: %w", cqrsID, err))
 	}
 	if p.deleted { // re-created after a DELETE in this tx: keep the DELETE, add a SAVE
 		p.outboxID, p.oldTracked = 0, nil
 	}
-	p.created, p.bumped, p.deleted = true, true, false
+	p.created, p.bumped, p.deleted, p.rev = true, true, false, 0
 	if err := m.emitSave(ctx, tx, mm, pk, p, row); err != nil {
 		return pk, m.abort(tx, err)
 	}
@@ -278,14 +280,22 @@ func (m *Master) saveRows(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterM
 	var bump, stamp []any
 	pends := make([]*pending, len(rows))
 	pkOf := make([]any, len(rows))
+	stored := make([]int64, len(rows))
 	for i, row := range rows {
 		pk, _ := row.Get(mm.PK)
 		pkOf[i] = pk
-		key := entityKey(mm.CQRSID, pk)
-		p := st.entities[key]
+		stored[i], _ = wire.AsInt64(mustGet(row, wire.RevisionKey))
+		pends[i] = st.entities[entityKey(mm.CQRSID, pk)]
+	}
+	if err := m.forgetUndone(ctx, tx, pends, stored); err != nil {
+		return fmt.Errorf("master: save %s: %w", mm.CQRSID, err)
+	}
+	for i, row := range rows {
+		pk := pkOf[i]
+		p := pends[i]
 		if p == nil {
 			p = &pending{}
-			st.entities[key] = p
+			st.entities[entityKey(mm.CQRSID, pk)] = p
 		}
 		upd, _ := row.Get(wire.UpdatedKey)
 		isNew := created || (upd == nil && !p.bumped)
@@ -294,8 +304,12 @@ func (m *Master) saveRows(ctx context.Context, tx *sqlx.Tx, mm *registry.MasterM
 		}
 		if p.bumped || isNew {
 			stamp = append(stamp, bindPK(m.pkField(mm), pk))
+			if !p.bumped {
+				p.rev = stored[i]
+			}
 		} else {
 			bump = append(bump, bindPK(m.pkField(mm), pk))
+			p.rev = stored[i] + 1
 		}
 		if previous != nil && previous[i] != nil && p.oldTracked == nil && !p.created {
 			p.oldTracked, p.snapshot = previous[i], snapshot
@@ -445,16 +459,18 @@ func (m *Master) emitDelete(ctx context.Context, tx *sqlx.Tx, mm *registry.Maste
 	defer st.mu.Unlock()
 	realPK, _ := row.Get(mm.PK)
 	key := entityKey(cqrsID, realPK)
+	rev, _ := wire.AsInt64(mustGet(row, wire.RevisionKey))
 	p := st.entities[key]
 	if p == nil {
 		p = &pending{}
 		st.entities[key] = p
+	} else if err := m.forgetUndone(ctx, tx, []*pending{p}, []int64{rev}); err != nil {
+		return fmt.Errorf("master: delete %s pk %v: %w", cqrsID, realPK, err)
 	}
-	rev, _ := wire.AsInt64(mustGet(row, wire.RevisionKey))
 	if !p.bumped {
 		rev++
 	}
-	p.bumped, p.deleted = true, true
+	p.bumped, p.deleted, p.rev = true, true, rev
 	if !m.produces(mm) || (mm.IsSyncInstance != nil && !mm.IsSyncInstance(row)) {
 		return nil
 	}
@@ -586,6 +602,34 @@ func (m *Master) insert(ctx context.Context, tx *sqlx.Tx, msgs []outbox.Message,
 	for i, p := range pends {
 		if i < len(ids) {
 			p.outboxID = ids[i]
+		}
+	}
+	return nil
+}
+
+// forgetUndone resets the bookkeeping of the entities ps (nil: not
+// touched in tx) whose writes in tx the caller undid by rolling back to a
+// savepoint taken before them: their outbox row is gone, or, having none
+// (the model does not produce), their row's revision stored[i] (-1: not
+// known) is no longer the one tx gave it. The call then bumps and writes
+// the message anew, as for an entity tx has not touched.
+func (m *Master) forgetUndone(ctx context.Context, tx *sqlx.Tx, ps []*pending, stored []int64) error {
+	var ids []int64
+	for _, p := range ps {
+		if p != nil && p.outboxID != 0 {
+			ids = append(ids, p.outboxID)
+		}
+	}
+	present, err := outbox.Present(ctx, tx, m.d, ids, outbox.WithTable(m.outboxTable))
+	if err != nil {
+		return fmt.Errorf("check this transaction's outbox rows: %w", err)
+	}
+	for i, p := range ps {
+		switch {
+		case p == nil:
+		case p.outboxID != 0 && !present[p.outboxID],
+			p.outboxID == 0 && p.bumped && !p.deleted && stored[i] >= 0 && stored[i] != p.rev:
+			*p = pending{}
 		}
 	}
 	return nil
