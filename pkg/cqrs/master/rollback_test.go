@@ -15,6 +15,19 @@ import (
 	"github.com/gocqrs/gocqrs/pkg/cqrs/wire"
 )
 
+// insertAnn inserts the author Ann through m in a transaction of its own
+// and returns her primary key.
+func insertAnn(t *testing.T, db *testenv.DB, m *master.Master) any {
+	t.Helper()
+	ctx := context.Background()
+	tx := db.MustBeginTx(ctx, nil)
+	defer tx.Rollback()
+	id, err := m.Insert(ctx, tx, "author", map[string]any{"name": "Ann"})
+	must(t, err)
+	must(t, tx.Commit())
+	return id
+}
+
 // TestFailedCallRollsBack cancels the caller's context while a call is
 // building its message, after the call changed the row (or, for Save, after
 // the caller did): the message cannot be written, so the call must roll the
@@ -33,10 +46,7 @@ func TestFailedCallRollsBack(t *testing.T) {
 			return nil
 		}))
 		bg := context.Background()
-		tx := db.MustBeginTx(bg, nil)
-		id, err := m.Insert(bg, tx, "author", map[string]any{"name": "Ann"})
-		must(t, err)
-		must(t, tx.Commit())
+		id := insertAnn(t, db, m)
 		seeded := len(outboxBodies(t, db.DB))
 
 		// Every field given: on PostgreSQL the row and its message are
@@ -106,7 +116,7 @@ func TestFailedCallRollsBack(t *testing.T) {
 		// Refused before anything was changed: the transaction goes on. A
 		// row the database refuses (a duplicate key; on PostgreSQL the
 		// transaction then needs the savepoint) is left to the caller.
-		tx = db.MustBeginTx(bg, nil)
+		tx := db.MustBeginTx(bg, nil)
 		defer tx.Rollback()
 		duplicate := func() error {
 			_, err := tx.ExecContext(bg, "SAVEPOINT before_insert")

@@ -22,10 +22,7 @@ func TestSavepointRollbackForgetsUndoneWrites(t *testing.T) {
 	testenv.EachDB(t, func(t *testing.T, db *testenv.DB) {
 		m := setupAuthor(t, db)
 		bg := context.Background()
-		tx := db.MustBeginTx(bg, nil)
-		id, err := m.Insert(bg, tx, "author", map[string]any{"name": "Ann"})
-		must(t, err)
-		must(t, tx.Commit())
+		id := insertAnn(t, db, m)
 		seen := len(readOutbox(t, db, db.Dialect))
 		exec := func(tx *sqlx.Tx, q string) {
 			t.Helper()
@@ -116,11 +113,8 @@ func TestSavepointRollbackProduceOff(t *testing.T) {
 	testenv.EachDB(t, func(t *testing.T, db *testenv.DB) {
 		m := setupAuthor(t, db, master.WithProduceOff())
 		bg := context.Background()
+		id := insertAnn(t, db, m)
 		tx := db.MustBeginTx(bg, nil)
-		id, err := m.Insert(bg, tx, "author", map[string]any{"name": "Ann"})
-		must(t, err)
-		must(t, tx.Commit())
-		tx = db.MustBeginTx(bg, nil)
 		defer tx.Rollback()
 		for _, q := range []string{"SAVEPOINT a", "", "ROLLBACK TO SAVEPOINT a", ""} {
 			if q == "" {
