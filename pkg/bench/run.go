@@ -945,6 +945,7 @@ func (e *env) applyRounds(ctx context.Context, rec *recorder, phase func(string)
 			continue
 		}
 		end := phase("apply")
+		launched := time.Now()
 		stop, cons, err = e.startConsumer(ctx, rec)
 		if err != nil {
 			end()
@@ -960,11 +961,17 @@ func (e *env) applyRounds(ctx context.Context, rec *recorder, phase func(string)
 			stop()
 			return nil, nil, 0, 0, 0, fmt.Errorf("apply: %d of %d messages done: %w", done+before+got, n, err)
 		}
+		note := ""
+		if got == 0 && cons.Done() > 0 {
+			// A share so small that the workers applied it while starting:
+			// the round is timed from their start instead.
+			took, got, note = time.Since(launched), cons.Done(), " (start-up included)"
+		}
 		if got > 0 {
 			applyDur, timed = applyDur+took, timed+got
 			if turns > 1 {
-				fmt.Fprintf(p, "    round %d: %d rows: raw upsert %s, replica %.0f rows/s\n", r+1, last-first+1,
-					rawRates(last-first+1, dv, da), float64(got)/took.Seconds())
+				fmt.Fprintf(p, "    round %d: %d rows: raw upsert %s, replica %.0f rows/s%s\n", r+1, last-first+1,
+					rawRates(last-first+1, dv, da), float64(got)/took.Seconds(), note)
 			}
 		}
 		if r == turns-1 {
