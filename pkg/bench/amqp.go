@@ -74,15 +74,11 @@ func (e *env) relayRounds(ctx context.Context, relay *outbox.Relay, phase func(s
 func rawAMQPThrough(ctx context.Context, url string, n, k int, body []byte) (float64, error) {
 	var rate float64
 	err := withRawQueue(url, func(ch *amqp.Channel, q string) error {
-		cconn, err := dialRaw(url)
+		cconn, cch, err := openRaw(url)
 		if err != nil {
 			return err
 		}
 		defer cconn.Close()
-		cch, err := cconn.Channel()
-		if err != nil {
-			return err
-		}
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		confirms, err := confirmMode(ch)
@@ -110,15 +106,11 @@ func withRawQueue(url string, fn func(ch *amqp.Channel, q string) error) error {
 	if url == "" {
 		return errNoAMQP
 	}
-	conn, err := dialRaw(url)
+	conn, ch, err := openRaw(url)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
 	q := randomName("bench_raw")
 	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
 		return err
@@ -131,13 +123,19 @@ func withRawQueue(url string, fn func(ch *amqp.Channel, q string) error) error {
 	return fn(ch, q)
 }
 
-// dialRaw connects a raw amqp091 client to url.
-func dialRaw(url string) (*amqp.Connection, error) {
+// openRaw connects a raw amqp091 client to url and opens a channel on the
+// connection; the caller closes the connection.
+func openRaw(url string) (*amqp.Connection, *amqp.Channel, error) {
 	conn, err := amqp.Dial(url)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", transports.RedactURL(url), err)
+		return nil, nil, fmt.Errorf("dial %s: %w", transports.RedactURL(url), err)
 	}
-	return conn, nil
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("open a channel on %s: %w", transports.RedactURL(url), err)
+	}
+	return conn, ch, nil
 }
 
 // rawWindow is how many messages publishPipelined keeps unconfirmed.
@@ -203,15 +201,11 @@ const rawPrefetch = 1000
 func consumeRaw(ctx context.Context, url string, ch *amqp.Channel, q string, n, k int) error {
 	chans := []*amqp.Channel{ch}
 	for range k - 1 {
-		conn, err := dialRaw(url)
+		conn, c, err := openRaw(url)
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		c, err := conn.Channel()
-		if err != nil {
-			return err
-		}
 		chans = append(chans, c)
 	}
 	var got atomic.Int64
@@ -277,15 +271,11 @@ func takeRaw(ctx context.Context, ch *amqp.Channel, tag string, deliveries <-cha
 
 // deleteAMQP removes what a run declared on the broker.
 func deleteAMQP(url, exchange string, queues ...string) error {
-	conn, err := amqp.Dial(url)
+	conn, ch, err := openRaw(url)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
 	for _, q := range queues {
 		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
 			return err
